@@ -1,0 +1,44 @@
+# qpsmtpd for Python — set-up, run, test.
+#   make run    the daemon on 127.0.0.1:2525 with ./config, mail into ./maildir
+#   make test   the test suite (installs what it needs first)
+
+PYTHON  ?= python3
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+HOST    ?= 127.0.0.1
+PORT    ?= 2525
+# Debian packages the tests drive for real: tcpserver (ucspi-tcp),
+# supervise/multilog (daemontools), fortune (quit_fortune).
+DEBS    := ucspi-tcp daemontools fortune-mod
+DEB_BINS := /usr/bin/tcpserver /usr/bin/multilog /usr/games/fortune
+
+.PHONY: run test debs clean hooks
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	mkdir -p maildir
+	exec $(VENV)/bin/qpsmtpd-forkserver --listen-address $(HOST) --port $(PORT) --config-dir ./config
+
+# Install missing Debian packages when running as root; otherwise the tests
+# that need them skip with a reason.
+debs:
+	@missing=""; for b in $(DEB_BINS); do [ -x $$b ] || missing=1; done; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing $(DEBS)"; \
+	  (apt-get install -y -q $(DEBS) >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DEBS) >/dev/null)); \
+	fi
+
+test: $(STAMP) debs
+	$(PY) -m pytest -q
+
+hooks: $(STAMP)
+	$(VENV)/bin/qpsmtpd --config-dir ./config --hooks
+
+clean:
+	rm -rf $(VENV) maildir tmp *.egg-info .pytest_cache

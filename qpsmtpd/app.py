@@ -1,0 +1,79 @@
+"""The application: configuration, log and plugins, built once per process.
+
+``App`` is what the forkserver builds in the parent before it forks (so
+children share it copy-on-write) and what the per-connection program builds
+for its one session. It holds:
+
+* ``config`` — ``qpsmtpd.config.Config`` with the ``config`` hook attached;
+* ``log`` — ``qpsmtpd.log.Log`` at ``config/loglevel``;
+* ``dispatcher`` — the plugins of ``config/logging`` and ``config/plugins``
+  and the hook table;
+* ``resolver`` — the shared DNS resolver, built on first use.
+
+Plugin directories: ``config/plugin_dirs`` when present, else ``./plugins``
+(the working directory, as qpsmtpd's run scripts start in the install
+directory) followed by the ``plugins/`` folder of this source tree.
+"""
+
+import os
+
+from .config import Config
+from .constants import LOGINFO
+from .dispatch import Dispatcher
+from .log import Log
+
+SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Read before any plugin can answer the config hook (§5.3).
+_NOT_HOOKED = frozenset(("logging", "loglevel", "plugin_dirs", "plugins"))
+
+
+class App:
+    """Configuration, log and plugins of one process."""
+
+    def __init__(self, config_dirs=None, log_sink=None, plugin_dirs=None):
+        self.log = Log(log_sink)
+        self.config = Config(config_dirs, log=self._config_log)
+        self.log.level = self.config.loglevel()
+        self.dispatcher = Dispatcher(self, plugin_dirs or self.default_plugin_dirs())
+        self.log.dispatcher = self.dispatcher
+        self.config.hook = self._config_hook
+        self._resolver = None
+
+    def default_plugin_dirs(self):
+        configured = self.config.get_list("plugin_dirs")
+        if configured:
+            return configured
+        dirs = []
+        for directory in (os.path.abspath("plugins"),
+                          os.path.join(SOURCE_ROOT, "plugins")):
+            if directory not in dirs and os.path.isdir(directory):
+                dirs.append(directory)
+        return dirs
+
+    def load_plugins(self):
+        """Load ``config/logging`` then ``config/plugins``; raises PluginError."""
+        logging_lines = self.config.get_list("logging")
+        self.dispatcher.load(logging_lines)
+        for line in logging_lines:
+            self.log(LOGINFO, f"Loaded {line}")
+        self.dispatcher.load(self.config.get_list("plugins"))
+        return self
+
+    def spool_dir(self):
+        return self.config.spool_dir()
+
+    @property
+    def resolver(self):
+        if self._resolver is None:
+            import dns.resolver
+            self._resolver = dns.resolver.Resolver()
+        return self._resolver
+
+    def _config_log(self, level, message):
+        self.log(level, message)
+
+    def _config_hook(self, name):
+        if name in _NOT_HOOKED:
+            return None
+        return self.dispatcher.run_config(name)

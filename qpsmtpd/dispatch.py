@@ -1,0 +1,326 @@
+"""Loading plugins and running hooks.
+
+``Dispatcher.load(lines)`` turns ``config/plugins`` lines into plugin
+instances (§5.6 of the reference): ``name [args...]``, where ``dir/name``
+is the file ``<plugin_dir>/dir/name.py`` (``-`` in the file name becomes
+``_``), ``name:N`` loads the same file as another instance, and a dotted
+name (``package.module``) imports a Python module from the library path.
+
+``run_hooks(session, hook, *args)`` is qpsmtpd's ``run_hooks`` (§1.3):
+callbacks run in registration order; the first result other than
+``DECLINED`` wins; after each callback the ``deny`` hook (for the four
+rejecting codes) or the ``ok`` hook (for everything else) sees the
+verdict. It returns a ``HookResult``. Differences from the original, on
+purpose:
+
+* a plugin that raises is logged (``FATAL PLUGIN ERROR [name]: ...`` and
+  its traceback) and the result is ``DENYSOFT`` with ``crashed`` set, so
+  the client gets a temporary failure — never a silent accept. For hooks
+  that send no reply (``disconnect``, ``reset_transaction``, ...) the
+  remaining plugins still run;
+* a value that is not exactly one of the codes is logged and treated as
+  ``DECLINED`` even when it comes from the last plugin.
+"""
+
+import importlib
+import importlib.util
+import os
+import sys
+import traceback
+from typing import NamedTuple
+
+from .constants import (
+    DECLINED, DENYSOFT, HOOKS, LOGCRIT, LOGDEBUG, LOGERROR, LOGINFO, Code,
+    hook_method_name)
+from .plugin import Plugin, PluginError, plugin_name, set_current_hook
+
+INTERNAL_ERROR = "Internal error - try again later"
+
+# Hooks whose result sends nothing to the client: a crash in one plugin
+# must not keep the others from cleaning up.
+_CONTINUE_AFTER_CRASH = frozenset((
+    "pre-connection", "reset_transaction", "disconnect", "post-connection",
+    "data_headers_end", "data_post_headers", "received_line", "queue_post",
+    "logging", "config", "user_config", "deny", "ok"))
+
+# Parse hooks return (code, callable); the callable must survive.
+_PARSE_HOOKS = frozenset(("mail_parse", "rcpt_parse", "auth_parse",
+                          "helo_parse", "ehlo_parse"))
+
+
+class HookResult(NamedTuple):
+    """What ``run_hooks`` decided.
+
+    ``code`` is a ``Code`` (``DECLINED`` when nobody decided); ``messages``
+    the reply lines the deciding plugin gave (may be empty); ``plugin`` its
+    name; ``crashed`` is True when a plugin raised; ``values`` the raw
+    extra values (parse hooks return a callable there).
+    """
+
+    code: Code
+    messages: tuple = ()
+    plugin: str = None
+    crashed: bool = False
+    values: tuple = ()
+
+
+DECLINED_RESULT = HookResult(DECLINED)
+
+
+class Dispatcher:
+    """The hook table of one process, built from ``config/plugins``."""
+
+    def __init__(self, app, plugin_dirs=None):
+        self.app = app
+        self.plugin_dirs = list(plugin_dirs or [])
+        self.hooks = {hook: [] for hook in HOOKS}
+        self.plugins = []
+        self._modules = {}
+
+    # -- loading ------------------------------------------------------------
+
+    def load(self, lines):
+        """Instantiate and register one plugin per line; raises PluginError."""
+        for line in lines:
+            if not all(" " <= ch <= "~" for ch in line):
+                raise PluginError(f"unsafe characters in config line: {line!r}")
+            words = line.split()
+            if words:
+                self.add(self.instantiate(words[0], words[1:]))
+
+    def instantiate(self, config_name, args):
+        """Create the plugin object for one ``config/plugins`` line."""
+        cls = self.plugin_class(config_name.split(":", 1)[0]
+                                if _has_instance_suffix(config_name)
+                                else config_name)
+        plugin = cls(self.app, config_name, args)
+        set_current_hook(None)
+        try:
+            usable = plugin.register(*args)
+        except PluginError:
+            raise
+        except Exception as exc:
+            raise PluginError(
+                f"plugin {config_name} failed to register: {exc!r}\n"
+                + traceback.format_exc()) from exc
+        if usable is False:
+            self.app.log(LOGINFO, "plugin disabled itself, no hooks registered",
+                         plugin=plugin.name)
+            plugin._disabled = True
+        return plugin
+
+    def add(self, plugin):
+        """Register an instantiated plugin's hooks (auto ``hook_*`` first)."""
+        self.plugins.append(plugin)
+        if getattr(plugin, "_disabled", False):
+            return
+        for hook in HOOKS:
+            method = getattr(plugin, hook_method_name(hook), None)
+            if method is not None and callable(method):
+                self._register(plugin, hook, method, False)
+        for hook, method, unshift in plugin._extra_hooks:
+            self._register(plugin, hook, method, unshift)
+
+    def _register(self, plugin, hook, method, unshift):
+        if self.app.log.enabled(LOGDEBUG):
+            self.app.log(LOGDEBUG, f"{plugin.name} hooking {hook}")
+        entry = (plugin, method)
+        if unshift:
+            self.hooks[hook].insert(0, entry)
+        else:
+            self.hooks[hook].append(entry)
+
+    def plugin_class(self, name):
+        """Find and import the plugin file for ``name``; return its class."""
+        if "." in name and "/" not in name:
+            module = importlib.import_module(name)
+            return _plugin_class_of(module, name)
+        path = self.find_plugin(name)
+        module = self._modules.get(path)
+        if module is None:
+            module = _import_file(path, plugin_name(name))
+            self._modules[path] = module
+        return _plugin_class_of(module, name)
+
+    def find_plugin(self, name):
+        """Path of the plugin file for ``name`` in the plugin directories."""
+        candidates = [name.replace("-", "_") + ".py", name + ".py"]
+        for directory in self.plugin_dirs:
+            for candidate in candidates:
+                path = os.path.join(directory, candidate)
+                if os.path.isfile(path):
+                    return os.path.abspath(path)
+        raise PluginError(f"Plugin {name} not found in our plugin dirs "
+                          f"({', '.join(self.plugin_dirs)})")
+
+    # -- running --------------------------------------------------------------
+
+    def has_hook(self, hook):
+        return bool(self.hooks.get(hook))
+
+    def run_hooks(self, session, hook, *args):
+        """Run ``hook``'s callbacks; return the deciding ``HookResult``."""
+        callbacks = self.hooks[hook]
+        if not callbacks:
+            return DECLINED_RESULT
+        log = self.app.log
+        trace = log.enabled(LOGDEBUG)
+        notify = hook not in ("deny", "ok") and (
+            self.hooks["deny"] or self.hooks["ok"])
+        crashed = False
+        previous_hook = set_current_hook(hook)
+        try:
+            for plugin, method in callbacks:
+                if trace:
+                    log(LOGDEBUG, plugin.name, hook=hook, plugin="running plugin")
+                try:
+                    raw = method(session, *args)
+                except Exception as exc:
+                    crashed = True
+                    self._log_crash(plugin, hook, exc)
+                    if hook in _CONTINUE_AFTER_CRASH:
+                        continue
+                    return HookResult(DENYSOFT, (INTERNAL_ERROR,), plugin.name, True)
+                code, messages, values = self._normalise(plugin, hook, raw)
+                if trace:
+                    log(LOGDEBUG, f"Plugin {plugin.name}, hook {hook} returned "
+                        f"{code.name}, {messages[0] if messages else ''}")
+                if notify:
+                    follow = "deny" if code.is_deny else "ok"
+                    if self.hooks[follow]:
+                        self.run_no_respond(session, follow, plugin.name, code,
+                                            messages[0] if messages else "")
+                if code != DECLINED:
+                    return HookResult(code, messages, plugin.name, crashed, values)
+        finally:
+            set_current_hook(previous_hook)
+        return HookResult(DECLINED, (), None, crashed)
+
+    def run_no_respond(self, session, hook, *args):
+        """qpsmtpd's ``run_hooks_no_respond``: no tracing, no deny/ok hooks.
+
+        Returns ``(code, values)``; ``(DECLINED, ())`` when nobody decided.
+        """
+        previous_hook = set_current_hook(hook)
+        try:
+            for plugin, method in self.hooks[hook]:
+                try:
+                    raw = method(session, *args)
+                except Exception as exc:
+                    if hook == "logging":
+                        _emergency(f"FATAL PLUGIN ERROR [{plugin.name}]: {exc!r}")
+                    else:
+                        self._log_crash(plugin, hook, exc)
+                    continue
+                if raw is None:
+                    continue
+                if isinstance(raw, (tuple, list)):
+                    code, values = (raw[0] if raw else None), tuple(raw[1:])
+                else:
+                    code, values = raw, ()
+                if code is None:
+                    continue
+                if code not in _VALID_CODES:
+                    continue
+                if code != DECLINED:
+                    return Code(code), values
+        finally:
+            set_current_hook(previous_hook)
+        return DECLINED, ()
+
+    def run_logging(self, level, hook, plugin, message):
+        """The ``logging`` hook; never raises, never recurses."""
+        self.run_no_respond(None, "logging", level, hook, plugin, message)
+
+    def run_config(self, name):
+        """The ``config`` hook: a list of values, or None to fall through."""
+        if not self.hooks["config"]:
+            return None
+        code, values = self.run_no_respond(None, "config", name)
+        if code == Code.OK:
+            if len(values) == 1 and isinstance(values[0], (list, tuple)):
+                return list(values[0])
+            return [v for v in values]
+        return None
+
+    def hook_order(self):
+        """Text listing every hook with its plugins, in the order they run."""
+        lines = []
+        for hook in HOOKS:
+            names = [plugin.name for plugin, _ in self.hooks[hook]]
+            if names:
+                lines.append(f"{hook}: {', '.join(names)}")
+        return "\n".join(lines)
+
+    def _normalise(self, plugin, hook, raw):
+        if raw is None:
+            return DECLINED, (), ()
+        if isinstance(raw, (tuple, list)):
+            code = raw[0] if raw else None
+            rest = tuple(raw[1:])
+        else:
+            code, rest = raw, ()
+        if code is None:
+            self.app.log(LOGERROR, f"Plugin {plugin.name}, hook {hook} returned undef!")
+            return DECLINED, (), ()
+        if code not in _VALID_CODES or isinstance(code, bool):
+            self.app.log(LOGERROR, f"Plugin {plugin.name}, hook {hook} returned {code!r}")
+            return DECLINED, (), ()
+        if hook in _PARSE_HOOKS:
+            return Code(code), (), rest
+        messages = []
+        for value in rest:
+            if value is None:
+                continue
+            messages.extend(str(value).split("\n"))
+        return Code(code), tuple(messages), rest
+
+    def _log_crash(self, plugin, hook, exc):
+        log = self.app.log
+        log(LOGCRIT, f"FATAL PLUGIN ERROR [{plugin.name}]: {exc!r}", hook=hook)
+        for line in traceback.format_exc().rstrip().splitlines():
+            log(LOGCRIT, line, hook=hook, plugin=plugin.name)
+
+
+_VALID_CODES = frozenset(int(c) for c in Code)
+
+
+def _has_instance_suffix(config_name):
+    name, sep, number = config_name.rpartition(":")
+    return bool(sep and name and number.isdigit())
+
+
+def _import_file(path, escaped_name):
+    module_name = "qpsmtpd_plugins." + escaped_name.replace("::", ".")
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(module_name, None)
+        raise PluginError(f"cannot load plugin file {path}: {exc!r}\n"
+                          + traceback.format_exc()) from exc
+    return module
+
+
+def _plugin_class_of(module, name):
+    explicit = getattr(module, "plugin_class", None)
+    if explicit is not None:
+        return explicit
+    found = [obj for obj in vars(module).values()
+             if isinstance(obj, type) and issubclass(obj, Plugin)
+             and obj is not Plugin and obj.__module__ == module.__name__]
+    if len(found) != 1:
+        raise PluginError(
+            f"plugin {name}: the file must define exactly one Plugin subclass "
+            f"(found {len(found)}); set plugin_class to choose")
+    return found[0]
+
+
+def _emergency(message):
+    try:
+        sys.stderr.write(f"{os.getpid()} {message}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass

@@ -1,0 +1,117 @@
+"""Line-oriented I/O on the client socket.
+
+``LineIO`` reads CRLF/LF-terminated lines from a socket through one buffer,
+with a length limit and a timeout per read, and writes replies with
+``sendall``. It never holds more than one buffer of input (64 KiB plus one
+line limit), whatever the client sends.
+
+* ``read_line(limit)`` returns the next line with its terminator; a line
+  longer than ``limit`` comes back in ``limit``-sized pieces without a
+  terminator (the caller decides: DATA writes them through, the command loop
+  refuses the line); at end of input it returns the last partial line, then
+  ``b''``. A read that waits longer than ``timeout`` seconds raises
+  ``TimeoutError``.
+* ``discard_pending()`` drops input already buffered — done right after
+  ``220 Go ahead with TLS`` so plaintext pipelined behind STARTTLS can never
+  be read as a command inside the encrypted session (CVE-2011-0411).
+* ``start_tls(context)`` wraps the socket; later reads and writes are
+  encrypted.
+"""
+
+import select
+import socket
+
+
+class LineIO:
+    """Buffered lines over one connected socket."""
+
+    recv_size = 65536
+
+    def __init__(self, sock, timeout=None):
+        self.sock = sock
+        self.timeout = timeout
+        self._buffer = bytearray()
+        self._pos = 0
+        self._eof = False
+        sock.settimeout(timeout)
+
+    def set_timeout(self, seconds):
+        if seconds != self.timeout:
+            self.timeout = seconds
+            self.sock.settimeout(seconds)
+
+    def read_line(self, limit=65536):
+        """Next line (bytes, terminator included), a ``limit``-sized piece of a
+        longer line, or ``b''`` at end of input."""
+        buffer = self._buffer
+        while True:
+            end = buffer.find(b"\n", self._pos, self._pos + limit)
+            if end >= 0:
+                line = bytes(buffer[self._pos:end + 1])
+                self._pos = end + 1
+                self._compact()
+                return line
+            if len(buffer) - self._pos >= limit:
+                line = bytes(buffer[self._pos:self._pos + limit])
+                self._pos += limit
+                self._compact()
+                return line
+            if self._eof or not self._fill():
+                line = bytes(buffer[self._pos:])
+                self._pos = len(buffer)
+                self._compact()
+                return line
+
+    def _fill(self):
+        try:
+            chunk = self.sock.recv(self.recv_size)
+        except socket.timeout as exc:
+            raise TimeoutError("client timed out") from exc
+        except ConnectionError:
+            chunk = b""
+        if not chunk:
+            self._eof = True
+            return False
+        self._buffer += chunk
+        return True
+
+    def _compact(self):
+        if self._pos > 65536 or self._pos == len(self._buffer):
+            del self._buffer[:self._pos]
+            self._pos = 0
+
+    def pending(self):
+        """Bytes already received but not yet read."""
+        return len(self._buffer) - self._pos
+
+    def discard_pending(self):
+        """Drop buffered input; returns how many bytes were dropped."""
+        dropped = self.pending()
+        self._buffer = bytearray()
+        self._pos = 0
+        return dropped
+
+    def wait_readable(self, seconds):
+        """True when input is buffered or arrives within ``seconds``."""
+        if self.pending():
+            return True
+        readable, _, _ = select.select([self.sock], [], [], seconds)
+        return bool(readable)
+
+    def write(self, data):
+        """Send all of ``data``; raises OSError when the client is gone."""
+        self.sock.sendall(data)
+
+    def start_tls(self, context, **kwargs):
+        """Discard plaintext, then wrap the socket in TLS (server side)."""
+        self.discard_pending()
+        self.sock = context.wrap_socket(self.sock, server_side=True, **kwargs)
+        self.sock.settimeout(self.timeout)
+        return self.sock
+
+    def close(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
