@@ -546,10 +546,10 @@ class SMTP:
                 # the CR LF pair was split across two pieces: this is a
                 # complete line once the LF arrives
                 complete = True
-            if too_big:
-                continue
             data = content + b"\n" if complete else content
             size += len(data)
+            if too_big:
+                continue
             if max_size and size > max_size:
                 too_big = True
                 if transaction.spool is not None:
