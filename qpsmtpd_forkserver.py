@@ -117,20 +117,31 @@ class Server:
         self.app.log(level, message)
 
     def serve(self):
+        # Signal handlers only record; the loop acts. The wakeup pipe makes
+        # select() return at once when a signal (SIGCHLD above all) arrives.
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        self.wakeup_fds = (wake_r, wake_w)
         gc.freeze()
         while not self.stopping:
             self.reap()
             if self.reload_requested:
                 self.reload()
             try:
-                readable, _, _ = select.select(self.listeners, [], [], 1.0)
+                readable, _, _ = select.select(self.listeners + [wake_r], [], [], 1.0)
             except InterruptedError:
                 continue
-            for listener in readable:
-                self.accept(listener)
+            for ready in readable:
+                if ready == wake_r:
+                    _drain(wake_r)
+                else:
+                    self.accept(ready)
         self.shutdown()
 
     def accept(self, listener):
@@ -196,6 +207,9 @@ class Server:
         try:
             for listener in self.listeners:
                 listener.close()
+            signal.set_wakeup_fd(-1)
+            for fd in self.wakeup_fds:
+                os.close(fd)
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
                 signal.signal(signum, signal.SIG_DFL)
             if not self.options.no_rdns:
@@ -269,6 +283,14 @@ class Server:
 
     def _on_hup(self, signum, frame):
         self.reload_requested = True
+
+
+def _drain(fd):
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
 
 
 def _refuse(client, reply):
