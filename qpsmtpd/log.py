@@ -23,6 +23,7 @@ log/main/current`` under multilog shows each line as it happens.
 
 import os
 import sys
+import threading
 
 from .constants import LOGWARN
 
@@ -41,19 +42,20 @@ class Log:
         self.sink = sink or _stderr_sink
         self.level = int(level)
         self.dispatcher = None
-        self._in_logging_hook = False
+        self._state = threading.local()
 
     def __call__(self, level, message, hook=None, plugin=None):
         level = int(level)
         dispatcher = self.dispatcher
         if dispatcher is not None and dispatcher.has_hook("logging"):
-            if self._in_logging_hook:
+            state = self._state
+            if getattr(state, "in_hook", False):
                 return
-            self._in_logging_hook = True
+            state.in_hook = True
             try:
                 dispatcher.run_logging(level, hook, plugin, message)
             finally:
-                self._in_logging_hook = False
+                state.in_hook = False
             return
         if level <= self.level:
             self.sink(format_line(message, hook, plugin))

@@ -81,6 +81,17 @@ class SMTP:
     def config_map(self, name):
         return self.app.config.get_map(name)
 
+    def user_config(self, address, name):
+        """Per-recipient configuration: the ``user_config`` hooks' answer
+        (a list of lines), else the site-wide ``config_list(name)``."""
+        code, values = self.app.dispatcher.run_no_respond(
+            self, "user_config", address, name)
+        if code == OK:
+            if len(values) == 1 and isinstance(values[0], (list, tuple)):
+                return list(values[0])
+            return list(values)
+        return self.app.config.get_list(name)
+
     @property
     def me(self):
         return self.app.config.me()

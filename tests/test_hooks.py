@@ -402,3 +402,14 @@ def test_config_hook_overrides_files(session):
 def test_plugin_timeout_is_not_the_client_problem(session):
     client = session(["returns helo none"])
     assert client.cmd("HELO x").code == 250
+
+
+def test_user_config_hook_then_files(session):
+    from qpsmtpd.address import Address
+    client = session(["returns user_config OK from-hook"], config={"spam_level": "5"})
+    client.cmd("NOOP")
+    address = Address.parse("<u@example.org>")
+    assert client.session.user_config(address, "spam_level") == ["from-hook"]
+    plain = session([], config={"spam_level": "5"})
+    plain.cmd("NOOP")
+    assert plain.session.user_config(address, "spam_level") == ["5"]

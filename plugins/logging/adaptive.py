@@ -1,0 +1,124 @@
+"""logging/adaptive - log more for rejected mail, less for accepted mail.
+
+Two thresholds:
+
+* ``reject`` (default ``LOGWARN``): every message at or below it is written
+  to stderr at once, as::
+
+    <pid> <plugin> plugin: <message>        a plugin's message
+    <pid> running plugin (<hook>): <plugin>  the core's per-plugin trace
+    <pid> <message>                          the core
+
+* ``accept`` (default ``LOGERROR``): messages at or below both thresholds
+  are also kept with the transaction. When the transaction ends
+  (``reset_transaction``: after the queue, RSET, the next MAIL, the end of
+  the connection) and nothing in the connection was rejected so far, the
+  kept lines are written again with the prefix after the pid::
+
+    <pid> <prefix> <plugin> plugin: <message>
+
+  so multilog can file the lines of accepted mail apart, e.g. in
+  ``log/run``: ``multilog t '-*` *' ./main/detailed '-*' '+*` *' ./main/accepted``.
+
+Once a plugin has rejected anything (the ``deny`` hook), the lines of the
+rest of that connection are no longer repeated as accepted. The original
+kept this flag per process; since every worker serves one connection, it is
+kept per connection here (connection note ``logging-adaptive-denied``).
+Lines mentioning this plugin are not written.
+
+Arguments (``key value`` pairs): ``accept <level>``, ``reject <level>`` (a
+number or a ``LOG*`` name), ``prefix <chars>`` (default a backtick). Other
+keys are ignored, so the sample's ``logging/adaptive 4 6`` gives the
+defaults; an odd number of words stops start-up.
+
+Example ``config/logging`` line::
+
+  logging/adaptive accept LOGINFO reject LOGDEBUG prefix `
+"""
+
+import os
+import sys
+import threading
+
+from qpsmtpd.constants import DECLINED, LOGERROR, LOGINFO, LOGWARN, log_level
+from qpsmtpd.plugin import Plugin
+
+KEPT_NOTE = "logging-adaptive"
+DENIED_NOTE = "logging-adaptive-denied"
+CORE_TRACE = "running plugin"   # how the engine names its per-plugin trace
+
+
+class Adaptive(Plugin):
+    def register(self, *args):
+        self.args = self.parse_args(args)
+        self.accept = parse_level(self, self.args.get("accept"), LOGERROR)
+        self.reject = parse_level(self, self.args.get("reject"), LOGWARN)
+        self.prefix = self.args.get("prefix") or "`"
+        # The logging hook gets no session. A worker serves one connection
+        # at a time in its thread, so the thread remembers which one.
+        self._current = threading.local()
+        self.log(LOGINFO, "Initializing logging::adaptive plugin")
+
+    def hook_logging(self, session, level, hook, plugin, message):
+        if plugin == self.name or level > self.reject:
+            return DECLINED
+        if self.name not in message:
+            write_stderr(f"{os.getpid()}{_tag(hook, plugin)} {message}")
+        current = getattr(self._current, "session", None)
+        if level <= self.accept and current is not None:
+            current.transaction.notes.setdefault(KEPT_NOTE, []).append(
+                (hook, plugin, message))
+        return DECLINED
+
+    def hook_connect(self, session):
+        self._current.session = session
+        return DECLINED
+
+    def hook_reset_transaction(self, session):
+        if session.connection.notes.get(DENIED_NOTE):
+            return DECLINED
+        for hook, plugin, message in session.transaction.notes.pop(KEPT_NOTE, ()):
+            write_stderr(f"{os.getpid()} {self.prefix}{_tag(hook, plugin)} {message}")
+        return DECLINED
+
+    def hook_post_connection(self, session):
+        self._current.session = None
+        return DECLINED
+
+    def hook_deny(self, session, plugin_name, code, message):
+        session.connection.notes[DENIED_NOTE] = True
+        return DECLINED
+
+
+def _tag(hook, plugin):
+    if plugin and plugin != CORE_TRACE:
+        return f" {plugin} plugin:"
+    if hook:
+        return f" running plugin ({hook}):"
+    return ""
+
+
+def parse_level(plugin, value, default):
+    """A level argument (digits or a ``LOG*`` name) as an int."""
+    if value is None:
+        return int(default)
+    text = str(value).strip()
+    if text.isdigit():
+        return int(text)
+    level = log_level(text)
+    if level is None:
+        plugin.log(LOGWARN, f"unknown log level {text!r}, using {log_level(default)}")
+        return int(default)
+    return int(level)
+
+
+def write_stderr(line):
+    stream = sys.stderr
+    try:
+        try:
+            stream.write(line + "\n")
+        except UnicodeEncodeError:
+            stream.write(line.encode("ascii", "backslashreplace").decode("ascii") + "\n")
+        stream.flush()
+    except (OSError, ValueError, AttributeError):
+        pass
