@@ -168,6 +168,7 @@ class Dispatcher:
         notify = hook not in ("deny", "ok") and (
             self.hooks["deny"] or self.hooks["ok"])
         crashed = False
+        last_declined = ((), None, ())
         previous_hook = set_current_hook(hook)
         try:
             for plugin, method in callbacks:
@@ -192,9 +193,13 @@ class Dispatcher:
                                             messages[0] if messages else "")
                 if code != DECLINED:
                     return HookResult(code, messages, plugin.name, crashed, values)
+                if messages or values:
+                    last_declined = (messages, plugin.name, values)
         finally:
             set_current_hook(previous_hook)
-        return HookResult(DECLINED, (), None, crashed)
+        # qpsmtpd keeps the last DECLINED's message: "451 <why queuing failed>"
+        messages, name, values = last_declined
+        return HookResult(DECLINED, messages, name, crashed, values)
 
     def run_no_respond(self, session, hook, *args):
         """qpsmtpd's ``run_hooks_no_respond``: no tracing, no deny/ok hooks.

@@ -230,7 +230,13 @@ class SMTP:
 
     def _new_transaction(self):
         app = self.app
-        return Transaction(app.spool_dir(), app.config.size_threshold(),
+        try:
+            spool_dir = app.spool_dir()
+        except OSError as exc:
+            # Reported again at DATA, where it becomes a 451.
+            self.log(LOGERROR, f"spool_dir unusable: {exc}")
+            spool_dir = None
+        return Transaction(spool_dir, app.config.size_threshold(),
                            on_spool=lambda: self.log(LOGINFO, "spooling message to disk"))
 
     def reset_transaction(self):
@@ -520,6 +526,7 @@ class SMTP:
         too_big = False
         at_line_start = True
         pending_cr = False
+        spool_error = None
         self.plugin_failed = False
         while True:
             piece = read_line(DATA_PIECE_LIMIT)
@@ -559,7 +566,7 @@ class SMTP:
                 complete = True
             data = content + b"\n" if complete else content
             size += len(data)
-            if too_big:
+            if too_big or spool_error:
                 continue
             if max_size and size > max_size:
                 too_big = True
@@ -568,15 +575,26 @@ class SMTP:
                 continue
             if in_header:
                 text = content.decode("utf-8", "surrogateescape")
-                if complete and text and header.feed(text):
-                    write(data)
-                    continue
-                in_header = False
-                self._headers_end(header, size - len(data))
-                if self.disconnected:
-                    return
-            write(data)
+                if not (complete and text and header.feed(text)):
+                    in_header = False
+                    self._headers_end(header, size - len(data))
+                    if self.disconnected:
+                        return
+            try:
+                write(data)
+            except OSError as exc:
+                # Keep reading to the final dot so no message line is ever
+                # taken for a command; answer 451 then.
+                spool_error = exc
+                self.log(LOGERROR, f"cannot write the message to the spool: {exc}")
+                if transaction.spool is not None:
+                    transaction.spool.discard()
         transaction.data_size = size
+        if spool_error:
+            self.respond(451, "Error writing message to the spool, try again later",
+                         esc="4.3.0")
+            self.reset_transaction()
+            return
         if too_big:
             self.log(LOGALERT, f"Message too big: size: {size} (max size: {max_size})")
             self.respond(552, "Message too big!", esc="5.3.4")

@@ -11,6 +11,7 @@ the message as a stream without disturbing each other. ``discard()``
 removes the file; the transaction calls it when it ends.
 """
 
+import errno
 import io
 import itertools
 import os
@@ -42,6 +43,8 @@ class Spool:
             self._to_disk()
 
     def _to_disk(self):
+        if not self.spool_dir:
+            raise OSError(errno.ENOENT, "no usable spool_dir")
         while True:
             path = os.path.join(
                 self.spool_dir,

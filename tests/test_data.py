@@ -249,3 +249,19 @@ def test_header_visible_to_data_post_and_added_headers_land(session, queue_dir):
     client.send("Subject: x\r\nX-Two: 2\r\n\r\nb\r\n.\r\n")
     assert client.reply().code == 250
     assert client.session.transaction.header is None or True
+
+
+def test_spool_failure_reads_to_the_dot_then_451(session, queue_dir, tmp_path):
+    client = session(config={"size_threshold": "0"})
+    spool = tmp_path / "spool"
+    for name in os.listdir(spool):
+        os.unlink(spool / name)
+    spool.rmdir()
+    spool.write_text("not a directory")
+    start_data(client)
+    client.send("Subject: x\r\n\r\nMAIL FROM:<evil@attacker.example>\r\nRSET\r\n.\r\n")
+    assert client.reply() == (451, ["4.3.0 Error writing message to the spool, try again later"])
+    assert client.cmd("NOOP") == (250, ["2.0.0 OK"])
+    assert queued(queue_dir) == []
+    assert not client.log_contains("dispatching MAIL FROM:<evil@attacker.example>")
+    assert client.log_contains("cannot write the message to the spool")
