@@ -256,7 +256,7 @@ class Plugin:
         parts found at connect time go to the connection and are copied into
         every transaction.
         """
-        if session.transaction.started_data or session.transaction.sender:
+        if session.transaction.started_mail:
             session.transaction.auth_results.append(text)
         else:
             session.connection.auth_results.append(text)

@@ -345,7 +345,7 @@ class SMTP:
         if self.transaction.sender is not None:
             # RFC 5321 3.3: MAIL inside a transaction is a sequence error.
             return self.respond(503, "Error: nested MAIL command", esc="5.5.1")
-        self.reset_transaction()
+        self.reset_transaction().started_mail = True
         self.connection.notes["envelope_from"] = rest
         parsed = self._parse_path("mail_parse", "mail", "from", rest)
         if parsed is None:
@@ -796,7 +796,7 @@ class SMTP:
     def smtp_quit(self, rest):
         result = self.run_hooks("quit")
         if result.code != DONE:
-            self.respond(221, *(result.messages or
+            self.respond(221, *((not result.crashed and result.messages) or
                                 [f"{self.me} closing connection. Have a wonderful day."]),
                          esc="2.0.0")
         self.disconnect()

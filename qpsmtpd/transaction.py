@@ -40,6 +40,7 @@ class Transaction:
         self.notes = {}
         self.auth_results = []
         self.started = time.time()
+        self.started_mail = False   # a MAIL command began this transaction
         self.started_data = False
         self.data_size = 0
         self.body_start = 0

@@ -129,6 +129,13 @@ def test_forkserver_delivers_to_maildir(daemon):
     assert "cleaning up after" in log
 
 
+def test_forkserver_no_rdns_names_the_client_by_ip(daemon):
+    d = daemon(args=("--no-rdns",))
+    with smtplib.SMTP("127.0.0.1", d.port, timeout=10) as client:
+        code, text = client.helo("client.example.net")
+        assert text.endswith(b"Hi [127.0.0.1] [127.0.0.1]; I am so happy to meet you.")
+
+
 def test_forkserver_refuses_relaying(daemon):
     d = daemon()
     with smtplib.SMTP("127.0.0.1", d.port, timeout=10) as client:

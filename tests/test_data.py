@@ -265,3 +265,21 @@ def test_spool_failure_reads_to_the_dot_then_451(session, queue_dir, tmp_path):
     assert queued(queue_dir) == []
     assert not client.log_contains("dispatching MAIL FROM:<evil@attacker.example>")
     assert client.log_contains("cannot write the message to the spool")
+
+
+def test_authentication_results_are_per_transaction(make_app, smtp_session, queue_dir):
+    app = make_app(["authres", "returns rcpt OK", f"capture {queue_dir}"],
+                   plugin_dirs=[TEST_PLUGINS, PLUGIN_DIR])
+    client = smtp_session(app=app)
+    client.cmd("EHLO c.example")
+    for sender in ("a@one.example", "a@two.example"):
+        assert client.cmd(f"MAIL FROM:<{sender}>").code == 250
+        assert client.cmd("RCPT TO:<c@d.example>").code == 250
+        assert client.cmd("DATA").code == 354
+        client.send("Subject: x\r\n\r\nb\r\n.\r\n")
+        assert client.reply().code == 250
+    first, second = queued(queue_dir)
+    assert first.startswith(b"Authentication-Results: mx.example.org; auth=none; "
+                            b"iprev=pass; spf=pass smtp.mailfrom=one.example\n")
+    assert second.startswith(b"Authentication-Results: mx.example.org; auth=none; "
+                             b"iprev=pass; spf=pass smtp.mailfrom=two.example\n")

@@ -235,6 +235,9 @@ def test_data_sequence(session):
     ("data_headers_end", "DENY", [(None, (250, "Queued"))]),
     ("data_headers_end", "DENYSOFT", [(None, (250, "Queued"))]),
     ("data_headers_end", "raise", [(None, (451, "Internal error"))]),
+    ("data_headers_end", "OK", [(None, (250, "Queued"))]),
+    ("data_headers_end", "DONE", [(None, (250, "Queued"))]),
+    ("data_post_headers", "DENY_DISCONNECT", [(None, (250, "Queued"))]),
     ("data_post_headers", "DENY", [(None, (250, "Queued"))]),
     ("data_post_headers", "raise", [(None, (451, "Internal error"))]),
     ("data_post", "DENY", [(None, (552, "Message denied")), ("NOOP", (250, "OK"))]),
@@ -307,6 +310,16 @@ def test_queue_done_sends_nothing(session):
     ("vrfy", "VRFY x", "DENY", [(None, (554, "Access Denied"))]),
     ("vrfy", "VRFY x", "DONE", [(None, None), ("NOOP", (250, "OK"))]),
     ("vrfy", "VRFY x", "raise", [(None, (451, "Internal error"))]),
+    ("vrfy", "VRFY x", "DENYSOFT", [(None, (252, "Just try sending a mail"))]),
+    ("vrfy", "VRFY x", "DENY_DISCONNECT", [(None, (252, "Just try sending a mail"))]),
+    ("noop", "NOOP", "OK", [(None, (250, "OK"))]),
+    ("noop", "NOOP", "DENYSOFT", [(None, (250, "OK"))]),
+    ("noop", "NOOP", "DENYSOFT_DISCONNECT", [(None, (250, "OK")), ("NOOP", (250, "OK"))]),
+    ("help", "HELP", "DENYSOFT", [(None, (214, "See http://smtpd.develooper.com/"))]),
+    ("help", "HELP", "DENY_DISCONNECT", [(None, (214, "See http://smtpd.develooper.com/"))]),
+    ("help", "HELP", "raise", [(None, (451, "Internal error"))]),
+    ("quit", "QUIT", "DENY", [(None, (221, "closing connection")), (None, CLOSED)]),
+    ("quit", "QUIT", "raise", [(None, (221, "closing connection")), (None, CLOSED)]),
     ("noop", "NOOP", "DECLINED", [(None, (250, "OK"))]),
     ("noop", "NOOP", "DENY", [(None, (500, "Stop wasting my time."))]),
     ("noop", "NOOP", "DENY_DISCONNECT", [(None, (500, "Stop wasting my time.")), (None, CLOSED)]),
@@ -413,3 +426,24 @@ def test_user_config_hook_then_files(session):
     plain = session([], config={"spam_level": "5"})
     plain.cmd("NOOP")
     assert plain.session.user_config(address, "spam_level") == ["5"]
+
+
+PARSER = """
+from qpsmtpd.constants import OK
+from qpsmtpd.plugin import Plugin
+
+class P(Plugin):
+    def hook_helo_parse(self, session):
+        return OK, lambda session, verb, rest: (OK, rest.strip("[]"))
+"""
+
+
+def test_helo_parse_hook_supplies_the_host(session, tmp_path, make_app, smtp_session):
+    (tmp_path / "myplugins").mkdir()
+    (tmp_path / "myplugins" / "helo_strip.py").write_text(PARSER)
+    app = make_app(["helo_strip", "returns helo DECLINED"],
+                   plugin_dirs=[str(tmp_path / "myplugins"), TEST_PLUGINS, PLUGIN_DIR])
+    client = smtp_session(app=app)
+    assert client.cmd("HELO [name.example]").code == 250
+    assert client.session.connection.hello_host == "name.example"
+    assert client.session.connection.notes["returns_calls"] == [("name.example",)]

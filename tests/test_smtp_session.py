@@ -150,12 +150,22 @@ def test_bare_lf_commands_are_accepted(session):
     assert client.reply() == (250, ["OK"])
 
 
-def test_idle_timeout_says_421_and_closes(session):
+def test_idle_timeout_says_421_with_crlf_and_closes(session):
     client = session(config={"timeoutsmtpd": "1"})
-    reply = client.reply()
-    assert reply == (421, ["Connection Timed Out"])
+    assert client.file.readline() == b"421 Connection Timed Out\r\n"
     assert client.closed()
     assert client.log_contains("Connection Timed Out")
+
+
+def test_data_timeout(session):
+    client = session(config={"timeout": "1", "timeoutsmtpd": "30"})
+    client.cmd("EHLO c.example")
+    client.cmd("MAIL FROM:<a@b.example>")
+    client.cmd("RCPT TO:<c@d.example>")
+    assert client.cmd("DATA").code == 354
+    client.send("Subject: slow\r\n")
+    assert client.reply() == (421, ["4.4.2 Connection Timed Out"])
+    assert client.closed()
 
 
 def test_quit_closes(session):
