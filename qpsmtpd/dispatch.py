@@ -235,7 +235,8 @@ class Dispatcher:
 
     def run_logging(self, level, hook, plugin, message):
         """The ``logging`` hook; never raises, never recurses."""
-        self.run_no_respond(None, "logging", level, hook, plugin, message)
+        self.run_no_respond(self.app.log.current_session(), "logging",
+                            level, hook, plugin, message)
 
     def run_config(self, name):
         """The ``config`` hook: a list of values, or None to fall through."""

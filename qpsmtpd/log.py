@@ -12,7 +12,8 @@ The line written is qpsmtpd's (§8.2 of the reference)::
 
 Pipeline, as in qpsmtpd: when at least one plugin is registered for the
 ``logging`` hook, every message goes to those plugins (each applies its own
-threshold) and the built-in output is off; otherwise the line goes to the
+threshold; they get the session this thread serves, or None outside a
+connection) and the built-in output is off; otherwise the line goes to the
 sink (stderr by default) when ``level <= log.level``. A plugin's own log
 calls made from inside a ``logging`` hook are dropped, so a logging plugin
 cannot recurse.
@@ -43,6 +44,14 @@ class Log:
         self.level = int(level)
         self.dispatcher = None
         self._state = threading.local()
+
+    def bind_session(self, session):
+        """Remember the session this thread serves (None to forget), so the
+        ``logging`` hook can hand it to logging plugins."""
+        self._state.session = session
+
+    def current_session(self):
+        return getattr(self._state, "session", None)
 
     def __call__(self, level, message, hook=None, plugin=None):
         level = int(level)
@@ -82,11 +91,19 @@ def format_line(message, hook=None, plugin=None, pid=None):
     return f"{pid} {message}"
 
 
-def _stderr_sink(line):
+def write_stderr(line):
+    """Write one line to stderr and flush; never raises."""
+    stream = sys.stderr
     try:
-        sys.stderr.write(line + "\n")
-        sys.stderr.flush()
-    except (OSError, ValueError):
+        try:
+            stream.write(line + "\n")
+        except UnicodeEncodeError:
+            stream.write(line.encode("ascii", "backslashreplace").decode("ascii") + "\n")
+        stream.flush()
+    except (OSError, ValueError, AttributeError):
         # stderr gone (multilog died, closed by --detach): logging must
         # never take a session down.
         pass
+
+
+_stderr_sink = write_stderr

@@ -33,7 +33,7 @@ import threading
 
 from .constants import (
     DECLINED, DENY, DENY_DISCONNECT, DENYSOFT, DENYSOFT_DISCONNECT, HOOKS,
-    LOGDEBUG, LOGERROR, LOGINFO, Level, log_level)
+    LOGDEBUG, LOGERROR, LOGINFO, LOGWARN, Level, log_level)
 
 # The hook currently running in this thread; log lines carry its name.
 _context = threading.local()
@@ -122,6 +122,20 @@ class Plugin:
         else:
             self._loglevel = None
             self.log(LOGERROR, f"invalid loglevel setting: {value}")
+
+    def level_argument(self, value, default=LOGWARN):
+        """A log level argument (digits or a ``LOG*`` name) as an int;
+        ``None`` gives ``default``, anything else a warning and ``default``."""
+        if value is None:
+            return int(default)
+        text = str(value).strip()
+        if text.isdigit():
+            return int(text)
+        level = log_level(text)
+        if level is None:
+            self.log(LOGWARN, f"unknown log level {text!r}, using {log_level(default)}")
+            return int(default)
+        return int(level)
 
     def register_hook(self, hook, method, unshift=False):
         """Register ``method`` for ``hook``; ``unshift`` puts it first."""

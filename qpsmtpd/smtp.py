@@ -104,6 +104,7 @@ class SMTP:
     def run(self):
         """Serve the client until QUIT, a disconnect verdict, EOF or timeout."""
         connection = self.connection
+        self.log.bind_session(self)
         self.log(LOGNOTICE, f"Connection from {connection.remote_info} "
                             f"[{connection.remote_ip}]")
         try:
@@ -116,6 +117,7 @@ class SMTP:
         finally:
             self.run_hooks("post-connection")
             self.transaction.close()
+            self.log.bind_session(None)
 
     def start(self):
         """Run the connect hooks and greet; False when the client is refused."""
