@@ -30,8 +30,9 @@ debs:
 	@missing=""; for b in $(DEB_BINS); do [ -x $$b ] || missing=1; done; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "installing $(DEBS)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
 	  (apt-get install -y -q $(DEBS) >/dev/null 2>&1 || \
-	   (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DEBS) >/dev/null)); \
+	   (apt-get update -q >/dev/null && apt-get install -y -q $(DEBS) >/dev/null)); \
 	fi
 
 test: $(STAMP) debs
