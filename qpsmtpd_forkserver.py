@@ -352,7 +352,11 @@ def main(argv=None):
     if options.pid_file:
         with open(options.pid_file, "w") as pid_file:
             pid_file.write(f"{os.getpid()}\n")
-    app.spool_dir()
+    try:
+        app.spool_dir()
+    except OSError as exc:
+        sys.stderr.write(f"qpsmtpd-forkserver: {exc}\n")
+        return 1
     server.serve()
     return 0
 
