@@ -2,8 +2,7 @@
 
 qmail's rcpthosts check. A recipient is accepted (OK) when:
 
-* the session is immune: a relay client (``relay`` plugin, AUTH), a
-  whitelisted host or a whitelisted sender;
+* the session is a relay client (``relay`` plugin, AUTH): any domain;
 * its domain, lower-cased, equals ``config/me`` or a line of
   ``config/rcpthosts`` (compared in lower case);
 * its domain ends with a ``config/rcpthosts`` entry that starts with a dot
@@ -19,6 +18,13 @@ is neither postmaster nor abuse is refused too.
 
 This plugin decides for every recipient, so it must be the last rcpt
 plugin in ``config/plugins``. No arguments.
+
+Difference from qpsmtpd: the original let every *immune* session send to
+any domain, and immunity includes a whitelisted sender (which any client
+can claim) and hosts in DNS allowlists (``dns_whitelist_soft``) - an open
+relay for anyone who forges a whitelisted address. Here only relay clients
+may send to domains we do not handle; whitelisted hosts and senders still
+skip the other checks, but not this one.
 
 Log lines (LOGINFO): ``pass, <host> in rcpthosts``, ``pass, <host> in
 rcpthosts as <.entry>``, ``pass, <host> found in morercpthosts``,
@@ -37,7 +43,8 @@ RELAYING_DENIED = "Relaying denied (#5.7.1)"
 
 class RcptOk(Plugin):
     def hook_rcpt(self, session, recipient, params):
-        if self.is_immune(session):
+        if session.connection.relay_client:
+            self.log_skip("relay client")
             return OK
         host = self.get_rcpt_host(recipient)
         if host is None:

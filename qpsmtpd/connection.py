@@ -7,11 +7,18 @@ Fields (qpsmtpd's names): ``remote_ip``, ``remote_port``, ``remote_host``
 ``'ehlo'`` once greeted), ``hello_host``, ``notes`` (a dict plugins share for
 the life of the TCP connection), ``tls`` (a dict of facts once TLS is up:
 ``protocol``, ``cipher``, ``peer_subject``), ``auth_user``,
-``auth_mechanism``, and ``auth_results`` (Authentication-Results parts found
-before any transaction, e.g. ``iprev=pass``).
+``auth_mechanism``, ``auth_results`` (Authentication-Results parts found
+before any transaction, e.g. ``iprev=pass``), and ``id``: a session id
+``<epoch seconds>-<pid>-<n>`` made at first use in the process serving the
+connection (log plugins write it instead of the pid; ``%i`` in
+``logging/file``).
 """
 
+import itertools
+import os
 import time
+
+_ids = itertools.count(1)
 
 
 class Connection:
@@ -35,6 +42,14 @@ class Connection:
         self.auth_user = None
         self.auth_mechanism = None
         self.started = time.time()
+
+    @property
+    def id(self):
+        ident = self.notes.get("logging-session-id")
+        if ident is None:
+            ident = self.notes["logging-session-id"] = "%08d-%04d-%d" % (
+                time.time(), os.getpid(), next(_ids))
+        return ident
 
     @classmethod
     def from_environment(cls, env):

@@ -32,6 +32,7 @@ from typing import NamedTuple
 from .constants import (
     DECLINED, DENYSOFT, HOOKS, LOGCRIT, LOGDEBUG, LOGERROR, LOGINFO, Code,
     hook_method_name)
+from .log import write_stderr
 from .plugin import Plugin, PluginError, plugin_name, set_current_hook
 
 INTERNAL_ERROR = "Internal error - try again later"
@@ -213,7 +214,8 @@ class Dispatcher:
                     raw = method(session, *args)
                 except Exception as exc:
                     if hook == "logging":
-                        _emergency(f"FATAL PLUGIN ERROR [{plugin.name}]: {exc!r}")
+                        write_stderr(f"{os.getpid()} FATAL PLUGIN ERROR "
+                                     f"[{plugin.name}]: {exc!r}")
                     else:
                         self._log_crash(plugin, hook, exc)
                     continue
@@ -322,11 +324,3 @@ def _plugin_class_of(module, name):
             f"plugin {name}: the file must define exactly one Plugin subclass "
             f"(found {len(found)}); set plugin_class to choose")
     return found[0]
-
-
-def _emergency(message):
-    try:
-        sys.stderr.write(f"{os.getpid()} {message}\n")
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass

@@ -161,12 +161,13 @@ def test_file_session_id_covers_the_whole_connection(logged_session, tmp_path):
     assert re.fullmatch(f"session-{SESSION_ID}\\.log", session_files[0])
     text = (tmp_path / session_files[0]).read_text()
     # after the first MAIL the original wrote to "parent" again
-    for message in ["dispatching EHLO", "dispatching RCPT TO:<b@example.org>",
-                    "250 2.0.0 Queued", "dispatching MAIL FROM:<a@example.net>"]:
+    for message in ["Connection from client.example.net", "dispatching EHLO",
+                    "dispatching RCPT TO:<b@example.org>", "250 2.0.0 Queued",
+                    "dispatching MAIL FROM:<a@example.net>"]:
         assert message in text
     parent = (tmp_path / "session-parent.log").read_text()
     assert "Loaded logging/file" in parent
-    assert "dispatching" not in parent
+    assert "dispatching" not in parent and "Connection from" not in parent
 
 
 def test_file_one_file_per_connection(logged_session, smtp_session, tmp_path):
@@ -345,6 +346,8 @@ def test_adaptive_repeats_lines_of_accepted_mail(logged_session, capsys):
     assert f"{PID} {sender_ok}" in err
     assert f"{PID} ` {sender_ok}" in err                  # repeated: accepted
     assert f"{PID} ` dispatching RCPT TO:<b@example.org>" in err
+    # kept from the connection's first line on (the hook gets the session)
+    assert f"{PID} ` Connection from client.example.net [192.0.2.10]" in err
     # repeated when the transaction ends: after the queue, before its reply
     assert err.index(f"{PID} {sender_ok}") < err.index(f"{PID} ` {sender_ok}") \
         < err.index(f"{PID} 250 2.0.0 Queued")
@@ -409,8 +412,30 @@ def test_connection_id_replaces_the_pid(logged_session, smtp_session, capsys):
     assert f"{one} (unrecognized_command) count_unrecognized_commands: " \
            "Unrecognized command 'bad'" in err
     assert f"{one} click, disconnecting" in err
-    # logged before the connect hooks ran: no connection known yet
-    assert "??? Connection from client.example.net [192.0.2.10]" in err
+    # the plugin sees the session from the first line on, before the connect
+    # hooks run; the daemon's own lines have no connection
+    assert f"{one} Connection from client.example.net [192.0.2.10]" in err
+    assert f"{two} Connection from client.example.net [192.0.2.10]" in err
+    assert "??? Loaded logging/connection_id LOGINFO" in err
+
+
+def test_id_plugins_share_one_session_id_per_connection(logged_session, smtp_session,
+                                                        capsys):
+    # connection_id writes nothing at LOGERROR; the connection's id is the
+    # engine's, and transaction_id numbers within it
+    app, first = logged_session(["logging/connection_id LOGERROR",
+                                 "logging/transaction_id LOGINFO"])
+    first.close()
+    second = smtp_session(app=app)
+    second.close()
+    err = stderr_lines(capsys)
+    ids = ids_of(err, "Connection from client.example.net")
+    assert len(ids) == 2
+    assert [i.rsplit(".", 1)[1] for i in ids] == ["1", "1"]
+    connections = [i.rsplit(".", 1)[0] for i in ids]
+    assert all(re.fullmatch(SESSION_ID, c) for c in connections)
+    first_n, second_n = (int(c.rsplit("-", 1)[1]) for c in connections)
+    assert second_n == first_n + 1      # one counter per process, in the engine
 
 
 def test_transaction_id_counts_transactions(logged_session, capsys):

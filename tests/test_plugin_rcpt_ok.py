@@ -80,10 +80,11 @@ def test_relay_client_may_send_anywhere(session):
     assert client.log_contains("(rcpt) rcpt_ok: skip, relay client")
 
 
-def test_whitelisted_host_is_immune(session):
+def test_whitelisted_host_may_not_relay(session):
+    # qpsmtpd let any immune session relay; only relay clients may here
     client = session(notes={"whitelisthost": "listed"})
-    assert client.cmd("RCPT TO:<x@elsewhere.example>").code == 250
-    assert client.log_contains("skip, whitelisted host")
+    assert client.cmd("RCPT TO:<x@elsewhere.example>").code == 550
+    assert client.cmd("RCPT TO:<x@example.org>").code == 250
 
 
 # -- bad input ------------------------------------------------------------------

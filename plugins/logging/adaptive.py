@@ -10,7 +10,9 @@ Two thresholds:
     <pid> <message>                          the core
 
 * ``accept`` (default ``LOGERROR``): messages at or below both thresholds
-  are also kept with the transaction. When the transaction ends
+  are also kept with the transaction (inside a connection, from its
+  ``Connection from ...`` line on; the daemon's own lines are written
+  once). When the transaction ends
   (``reset_transaction``: after the queue, RSET, the next MAIL, the end of
   the connection) and nothing in the connection was rejected so far, the
   kept lines are written again with the prefix after the pid::
@@ -37,10 +39,9 @@ Example ``config/logging`` line::
 """
 
 import os
-import sys
-import threading
 
-from qpsmtpd.constants import DECLINED, LOGERROR, LOGINFO, LOGWARN, log_level
+from qpsmtpd.constants import DECLINED, LOGERROR, LOGINFO
+from qpsmtpd.log import write_stderr
 from qpsmtpd.plugin import Plugin
 
 KEPT_NOTE = "logging-adaptive"
@@ -51,12 +52,9 @@ CORE_TRACE = "running plugin"   # how the engine names its per-plugin trace
 class Adaptive(Plugin):
     def register(self, *args):
         self.args = self.parse_args(args)
-        self.accept = parse_level(self, self.args.get("accept"), LOGERROR)
-        self.reject = parse_level(self, self.args.get("reject"), LOGWARN)
+        self.accept = self.level_argument(self.args.get("accept"), LOGERROR)
+        self.reject = self.level_argument(self.args.get("reject"))
         self.prefix = self.args.get("prefix") or "`"
-        # The logging hook gets no session. A worker serves one connection
-        # at a time in its thread, so the thread remembers which one.
-        self._current = threading.local()
         self.log(LOGINFO, "Initializing logging::adaptive plugin")
 
     def hook_logging(self, session, level, hook, plugin, message):
@@ -64,14 +62,9 @@ class Adaptive(Plugin):
             return DECLINED
         if self.name not in message:
             write_stderr(f"{os.getpid()}{_tag(hook, plugin)} {message}")
-        current = getattr(self._current, "session", None)
-        if level <= self.accept and current is not None:
-            current.transaction.notes.setdefault(KEPT_NOTE, []).append(
+        if level <= self.accept and session is not None:
+            session.transaction.notes.setdefault(KEPT_NOTE, []).append(
                 (hook, plugin, message))
-        return DECLINED
-
-    def hook_connect(self, session):
-        self._current.session = session
         return DECLINED
 
     def hook_reset_transaction(self, session):
@@ -79,10 +72,6 @@ class Adaptive(Plugin):
             return DECLINED
         for hook, plugin, message in session.transaction.notes.pop(KEPT_NOTE, ()):
             write_stderr(f"{os.getpid()} {self.prefix}{_tag(hook, plugin)} {message}")
-        return DECLINED
-
-    def hook_post_connection(self, session):
-        self._current.session = None
         return DECLINED
 
     def hook_deny(self, session, plugin_name, code, message):
@@ -96,29 +85,3 @@ def _tag(hook, plugin):
     if hook:
         return f" running plugin ({hook}):"
     return ""
-
-
-def parse_level(plugin, value, default):
-    """A level argument (digits or a ``LOG*`` name) as an int."""
-    if value is None:
-        return int(default)
-    text = str(value).strip()
-    if text.isdigit():
-        return int(text)
-    level = log_level(text)
-    if level is None:
-        plugin.log(LOGWARN, f"unknown log level {text!r}, using {log_level(default)}")
-        return int(default)
-    return int(level)
-
-
-def write_stderr(line):
-    stream = sys.stderr
-    try:
-        try:
-            stream.write(line + "\n")
-        except UnicodeEncodeError:
-            stream.write(line.encode("ascii", "backslashreplace").decode("ascii") + "\n")
-        stream.flush()
-    except (OSError, ValueError, AttributeError):
-        pass

@@ -9,10 +9,9 @@ be picked out of a busy log even where pids are reused::
 
 The id is ``<epoch seconds>-<pid, 4+ digits>-<n>`` (``n`` counts the
 connections of the process), the same session id ``logging/file`` puts in
-place of ``%i``; it is made at ``connect`` and kept in the connection note
-``logging-session-id``. Lines logged outside a connection (the daemon's
-own, and the first ``Connection from ...`` line, logged before the
-``connect`` hooks run) show ``???``.
+place of ``%i``; it is made at the connection's first line (``Connection
+from ...``) and kept in the connection note ``logging-session-id``. Lines
+logged outside a connection (the daemon's own) show ``???``.
 
 The original plugin refused to load ("The connection ID feature is
 currently unsupported"); this one works as its documentation described.
@@ -26,68 +25,22 @@ Example ``config/logging`` line::
   logging/connection_id LOGINFO
 """
 
-import itertools
-import os
-import sys
-import threading
-import time
-
-from qpsmtpd.constants import DECLINED, LOGWARN, log_level
-from qpsmtpd.log import format_line
+from qpsmtpd.constants import DECLINED
+from qpsmtpd.log import format_line, write_stderr
 from qpsmtpd.plugin import Plugin
 
-NOTE = "logging-session-id"
 UNKNOWN = "???"
 
 
 class ConnectionId(Plugin):
     def register(self, level=None, *extra):
-        self.level = parse_level(self, level, LOGWARN)
-        self._counter = itertools.count(1)
-        # The logging hook gets no session. A worker serves one connection
-        # at a time in its thread, so the thread remembers which one.
-        self._current = threading.local()
+        self.level = self.level_argument(level)
 
     def hook_logging(self, session, level, hook, plugin, message):
+        # The id is made at a connection's first line, whatever its level,
+        # so every plugin that shows it numbers connections alike.
+        ident = session.connection.id if session is not None else UNKNOWN
         if plugin == self.name or level > self.level:
             return DECLINED
-        current = getattr(self._current, "session", None)
-        ident = current.connection.notes.get(NOTE, UNKNOWN) if current else UNKNOWN
         write_stderr(format_line(message, hook, plugin, pid=ident))
         return DECLINED
-
-    def hook_connect(self, session):
-        session.connection.notes.setdefault(
-            NOTE, "%08d-%04d-%d" % (time.time(), os.getpid(), next(self._counter)))
-        self._current.session = session
-        return DECLINED
-
-    def hook_post_connection(self, session):
-        self._current.session = None
-        return DECLINED
-
-
-def parse_level(plugin, value, default):
-    """A level argument (digits or a ``LOG*`` name) as an int."""
-    if value is None:
-        return int(default)
-    text = str(value).strip()
-    if text.isdigit():
-        return int(text)
-    level = log_level(text)
-    if level is None:
-        plugin.log(LOGWARN, f"unknown log level {text!r}, using {log_level(default)}")
-        return int(default)
-    return int(level)
-
-
-def write_stderr(line):
-    stream = sys.stderr
-    try:
-        try:
-            stream.write(line + "\n")
-        except UnicodeEncodeError:
-            stream.write(line.encode("ascii", "backslashreplace").decode("ascii") + "\n")
-        stream.flush()
-    except (OSError, ValueError, AttributeError):
-        pass

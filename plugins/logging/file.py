@@ -42,7 +42,9 @@ The session id is kept in the connection note ``logging-session-id`` (the
 original kept it in the transaction, so after the first MAIL ``%i`` turned
 into ``parent`` and a connection's lines landed in two files); the notes
 ``file-logged-this-session`` and ``file-reopened-this-session`` are also
-per connection. A missing path stops start-up.
+per connection. The session id is made at the connection's first line
+(``Connection from ...``), so all of a connection's lines go to its ``%i``
+file. A missing path stops start-up.
 
 Example ``config/logging`` lines::
 
@@ -52,15 +54,13 @@ Example ``config/logging`` lines::
   logging/file loglevel LOGDEBUG tsformat %FT%T /var/log/qpsmtpd/%i.log
 """
 
-import itertools
 import os
 import socket
 import subprocess
-import sys
-import threading
 import time
 
-from qpsmtpd.constants import DECLINED, LOGWARN, log_level
+from qpsmtpd.constants import DECLINED, LOGWARN
+from qpsmtpd.log import write_stderr
 from qpsmtpd.plugin import Plugin, PluginError
 
 DEFAULT_TSFORMAT = "%a %b %d %T %Y"
@@ -83,7 +83,7 @@ class File(Plugin):
                     raise PluginError(f"Malformed arguments to {self.config_name}: "
                                       f"{option} needs a value")
                 if option == "loglevel":
-                    self.level = parse_level(self, words[1], LOGWARN)
+                    self.level = self.level_argument(words[1])
                 else:
                     self.tsformat = words[1]
                 del words[:2]
@@ -104,18 +104,15 @@ class File(Plugin):
         self._current_output = ""
         self._reported = set()
         self._retry_after = 0.0
-        self._counter = itertools.count(1)
-        # The logging hook gets no session. A worker serves one connection
-        # at a time in its thread, so the thread remembers which one.
-        self._current = threading.local()
 
     def hook_logging(self, session, level, hook, plugin, message):
+        notes = session.connection.notes if session is not None else None
+        if session is not None:
+            session.connection.id  # made at the first line, whatever its level
         if level > self.level or plugin == self.name:
             return DECLINED
         if self._stream is None and time.monotonic() < self._retry_after:
             return DECLINED
-        current = getattr(self._current, "session", None)
-        notes = current.connection.notes if current is not None else None
         if (self._stream is None or not self.nosplit or notes is None
                 or not notes.get(LOGGED_NOTE)):
             if self.maybe_reopen(notes) is None:
@@ -124,19 +121,6 @@ class File(Plugin):
                 notes[LOGGED_NOTE] = 1
         stamp = time.strftime(self.tsformat)
         self.write(f"{stamp} {self.hostname}[{os.getpid()}]: {message}\n")
-        return DECLINED
-
-    def hook_connect(self, session):
-        notes = session.connection.notes
-        notes[LOGGED_NOTE] = 0
-        notes[REOPENED_NOTE] = 0
-        notes.setdefault(SESSION_NOTE, "%08d-%04d-%d" % (
-            time.time(), os.getpid(), next(self._counter)))
-        self._current.session = session
-        return DECLINED
-
-    def hook_post_connection(self, session):
-        self._current.session = None
         return DECLINED
 
     # -- the output ---------------------------------------------------------
@@ -206,20 +190,4 @@ class File(Plugin):
         if output in self._reported:
             return
         self._reported.add(output)
-        try:
-            sys.stderr.write(f"{os.getpid()} {self.name}: {text}\n")
-            sys.stderr.flush()
-        except (OSError, ValueError):
-            pass
-
-
-def parse_level(plugin, value, default):
-    """A level argument (digits or a ``LOG*`` name) as an int."""
-    text = str(value).strip()
-    if text.isdigit():
-        return int(text)
-    level = log_level(text)
-    if level is None:
-        plugin.log(LOGWARN, f"unknown log level {text!r}, using {log_level(default)}")
-        return int(default)
-    return int(level)
+        write_stderr(f"{os.getpid()} {self.name}: {text}")

@@ -45,7 +45,7 @@ class Syslog(Plugin):
             self.log(LOGWARN, "Malformed arguments to syslog plugin")
             return False
         options = dict(zip(args[0::2], args[1::2]))
-        self.level = parse_level(self, options.get("loglevel"), LOGWARN)
+        self.level = self.level_argument(options.get("loglevel"))
         self.priority = None
         if options.get("priority"):
             self.priority = syslog_number(options["priority"], "LOG_")
@@ -90,17 +90,3 @@ def syslog_number(value, prefix, levels=True):
     if levels and log_level(text) is not None:
         return int(log_level(text))
     return None
-
-
-def parse_level(plugin, value, default):
-    """A level argument (digits or a ``LOG*`` name) as an int."""
-    if value is None:
-        return int(default)
-    text = str(value).strip()
-    if text.isdigit():
-        return int(text)
-    level = log_level(text)
-    if level is None:
-        plugin.log(LOGWARN, f"unknown log level {text!r}, using {log_level(default)}")
-        return int(default)
-    return int(level)

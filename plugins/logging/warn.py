@@ -21,16 +21,14 @@ Example ``config/logging`` line::
   logging/warn LOGINFO
 """
 
-import sys
-
-from qpsmtpd.constants import DECLINED, LOGINFO, LOGWARN, log_level
-from qpsmtpd.log import format_line
+from qpsmtpd.constants import DECLINED, LOGINFO
+from qpsmtpd.log import format_line, write_stderr
 from qpsmtpd.plugin import Plugin
 
 
 class Warn(Plugin):
     def register(self, level=None, *extra):
-        self.level = parse_level(self, level, LOGWARN)
+        self.level = self.level_argument(level)
         self.log(LOGINFO, "Initializing logging::warn plugin")
 
     def hook_logging(self, session, level, hook, plugin, message):
@@ -38,30 +36,3 @@ class Warn(Plugin):
             return DECLINED
         write_stderr(format_line(message, hook, plugin))
         return DECLINED
-
-
-def parse_level(plugin, value, default):
-    """A level argument (digits or a ``LOG*`` name) as an int."""
-    if value is None:
-        return int(default)
-    text = str(value).strip()
-    if text.isdigit():
-        return int(text)
-    level = log_level(text)
-    if level is None:
-        plugin.log(LOGWARN, f"unknown log level {text!r}, using {log_level(default)}")
-        return int(default)
-    return int(level)
-
-
-def write_stderr(line):
-    stream = sys.stderr
-    try:
-        try:
-            stream.write(line + "\n")
-        except UnicodeEncodeError:
-            stream.write(line.encode("ascii", "backslashreplace").decode("ascii") + "\n")
-        stream.flush()
-    except (OSError, ValueError, AttributeError):
-        # stderr gone: logging must never take a session down
-        pass
