@@ -57,7 +57,6 @@ class BadMailFrom(Plugin):
         entries = self.config_list("badmailfrom")
         if self.is_immune_sender(sender, entries):
             return DECLINED
-
         host = sender.host.lower()
         sender_text = f"{sender.user.lower()}@{host}"
         for line in entries:
@@ -67,18 +66,6 @@ class BadMailFrom(Plugin):
                 return self.get_reject(session, reason or DEFAULT_REASON)
         self.log_pass()
         return DECLINED
-
-    def is_immune_sender(self, sender, entries):
-        if not entries:
-            self.log(LOGDEBUG, "skip, empty list")
-            return True
-        if sender is None or sender.format() == "<>":
-            self.log(LOGDEBUG, "skip, null sender")
-            return True
-        if not sender.host or not sender.user:
-            self.log(LOGDEBUG, "skip, missing user or host")
-            return True
-        return False
 
     def is_match(self, sender_text, bad, host):
         if _PATTERN_CHARS.search(bad):

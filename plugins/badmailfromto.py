@@ -35,7 +35,7 @@ from qpsmtpd.plugin import Plugin
 class BadMailFromTo(Plugin):
     def hook_mail(self, session, sender, params):
         pairs = self.config_list("badmailfromto")
-        if self.is_sender_immune(sender, pairs):
+        if self.is_immune_sender(sender, pairs):
             return DECLINED
         host = sender.host.lower()
         sender_text = f"{sender.user.lower()}@{host}"
@@ -66,15 +66,3 @@ class BadMailFromTo(Plugin):
                 return DENY, f"mail to {recipient_text} not accepted here"
         self.log(LOGDEBUG, "pass, recipient not listed")
         return DECLINED
-
-    def is_sender_immune(self, sender, pairs):
-        if not pairs:
-            self.log(LOGDEBUG, "skip, empty list")
-            return True
-        if sender is None or sender.format() == "<>":
-            self.log(LOGDEBUG, "skip, null sender")
-            return True
-        if not sender.host or not sender.user:
-            self.log(LOGDEBUG, "skip, missing user or host")
-            return True
-        return False

@@ -45,12 +45,12 @@ from qpsmtpd.plugin import Plugin
 
 class HostsAllow(Plugin):
     def hook_pre_connection(self, session, info):
-        remote_ip = normal_ip(info.get("remote_ip"))
+        remote_ip = Plugin.normal_ip(info.get("remote_ip"))
         limit = _int(info.get("max_conn_ip"))
         if limit:
             limit = self.karma_limit(session, limit)
             count = 1 + sum(1 for ip in info.get("child_addrs") or ()
-                            if ip and normal_ip(ip) == remote_ip)
+                            if ip and Plugin.normal_ip(ip) == remote_ip)
             if count > limit:
                 message = f"too many connections from {remote_ip}"
                 self.log_fail(f"{message} ({count} > {limit})")
@@ -72,7 +72,7 @@ class HostsAllow(Plugin):
         return limit
 
     def check_hosts_allow(self, remote_ip):
-        address = _address(remote_ip)
+        address = Plugin.ip_address(remote_ip)
         for line in self.config_list("hosts_allow"):
             words = line.split(None, 2)
             if len(words) < 2:
@@ -97,20 +97,8 @@ class HostsAllow(Plugin):
         return DECLINED
 
 
-def _address(text):
-    try:
-        address = ipaddress.ip_address(str(text or "").strip("[]").split("%")[0])
-    except ValueError:
-        return None
-    if address.version == 6 and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
 
 
-def normal_ip(text):
-    """An IP address as one canonical string (IPv4-mapped IPv6 as IPv4)."""
-    address = _address(text)
-    return str(address) if address is not None else str(text or "")
 
 
 def _int(value):

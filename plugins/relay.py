@@ -99,7 +99,7 @@ class Relay(Plugin):
         networks, _ = self.relayclients()
         if not networks:
             return False
-        address = _address(remote_ip)
+        address = Plugin.ip_address(remote_ip)
         if address is None:
             self.log_error(f"not an IP address: {remote_ip!r}")
             return False
@@ -111,7 +111,7 @@ class Relay(Plugin):
         return False
 
     def is_octet_match(self, remote_ip, keys):
-        address = _address(remote_ip)
+        address = Plugin.ip_address(remote_ip)
         if address is not None and address == ipaddress.IPv6Address("::1"):
             self.log_pass(f"octet matched localhost ({remote_ip})")
             return True
@@ -156,28 +156,19 @@ class Relay(Plugin):
         return DENY
 
 
-def _address(text):
-    """``ipaddress`` object for ``text`` (IPv4-mapped IPv6 as IPv4), or None."""
-    try:
-        address = ipaddress.ip_address(str(text or "").strip("[]").split("%")[0])
-    except ValueError:
-        return None
-    if address.version == 6 and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
 
 
 def _normal_entry(entry):
     """A config entry as the lookup keys spell it: full addresses compressed,
     prefixes lower-cased."""
     entry = entry.strip().lower()
-    address = _address(entry)
+    address = Plugin.ip_address(entry)
     return str(address) if address is not None else entry
 
 
 def ip_prefixes(remote_ip):
     """The keys a client address is looked up under, most specific first."""
-    address = _address(remote_ip)
+    address = Plugin.ip_address(remote_ip)
     if address is None:
         return [str(remote_ip).lower()] if remote_ip else []
     if address.version == 4:

@@ -123,7 +123,7 @@ class Whitelist(Plugin):
 
     def check_host(self, session, recipient=None):
         connection = session.connection
-        address = _ip(connection.remote_ip)
+        address = Plugin.ip_address(connection.remote_ip)
         if address is None:
             return DECLINED
         if "WHITELISTCLIENT" in os.environ:
@@ -232,7 +232,7 @@ def host_network(entry):
             return ipaddress.ip_network(entry, strict=False)
         except ValueError:
             return None
-    address = _ip(entry)
+    address = Plugin.ip_address(entry)
     if address is not None:
         return ipaddress.ip_network(address)
     if _IPV4_PREFIX.fullmatch(entry):
@@ -248,15 +248,6 @@ def host_network(entry):
     return None
 
 
-def _ip(text):
-    """``ipaddress`` object for ``text`` (IPv4-mapped IPv6 as IPv4), or None."""
-    try:
-        address = ipaddress.ip_address(str(text or "").strip("[]").split("%")[0])
-    except ValueError:
-        return None
-    if address.version == 6 and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
 
 
 def _address_listed(address, entries):

@@ -255,6 +255,20 @@ class Plugin:
             return True
         return False
 
+    def is_immune_sender(self, sender, entries):
+        """True (with a debug line) when a sender list cannot apply: the list
+        is empty, or the sender is null or lacks a user or host part."""
+        if not entries:
+            self.log(LOGDEBUG, "skip, empty list")
+            return True
+        if sender is None or sender.format() == "<>":
+            self.log(LOGDEBUG, "skip, null sender")
+            return True
+        if not sender.host or not sender.user:
+            self.log(LOGDEBUG, "skip, missing user or host")
+            return True
+        return False
+
     def adjust_karma(self, session, delta):
         """Add evidence to the session's karma score; returns ``delta``."""
         notes = session.connection.notes
@@ -308,6 +322,25 @@ class Plugin:
         if address.version == 4:
             return str(address) not in ("0.0.0.0", "255.255.255.255")
         return True
+
+    @staticmethod
+    def ip_address(text):
+        """``ipaddress`` object for ``text`` (brackets, ``%zone`` allowed;
+        IPv4-mapped IPv6 becomes IPv4), or None when it is not an address."""
+        try:
+            address = ipaddress.ip_address(str(text or "").strip("[]").split("%")[0])
+        except ValueError:
+            return None
+        if address.version == 6 and address.ipv4_mapped is not None:
+            return address.ipv4_mapped
+        return address
+
+    @classmethod
+    def normal_ip(cls, text):
+        """An address as one canonical string, or the text itself when it is
+        not an address; for comparing IPs written in different forms."""
+        address = cls.ip_address(text)
+        return str(address) if address is not None else str(text or "")
 
     @staticmethod
     def is_ipv6(ip):

@@ -13,6 +13,7 @@ DATA, STARTTLS, disconnect). Plugins read and change:
   first body byte (the separator line included, as in qpsmtpd);
   ``message_chunks()`` yields the complete message as it will be queued
   (rendered header, then body), never the whole message at once;
+  ``data_chunks()`` the same dot-stuffed for SMTP DATA;
 * ``data_size`` (bytes received, LF-normalised, unstuffed) and
   ``body_length`` (``data_size`` minus the header bytes).
 
@@ -100,6 +101,22 @@ class Transaction:
                 if not chunk:
                     return
                 yield chunk
+
+    def data_chunks(self, line_end=b"\n"):
+        """The message as an SMTP DATA stream: leading dots doubled, lines
+        ending in ``line_end``, then the terminating ``.`` line."""
+        at_line_start = True
+        for chunk in self.message_chunks():
+            if not chunk:
+                continue
+            stuffed = chunk.replace(b"\n.", b"\n..")
+            if at_line_start and stuffed[:1] == b".":
+                stuffed = b"." + stuffed
+            at_line_start = stuffed.endswith(b"\n")
+            if line_end != b"\n":
+                stuffed = stuffed.replace(b"\n", line_end)
+            yield stuffed
+        yield (b"." if at_line_start else line_end + b".") + line_end
 
     def message_size(self):
         """Size in bytes of what ``message_chunks`` yields."""

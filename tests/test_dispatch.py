@@ -6,7 +6,7 @@ import pytest
 
 from conftest import PLUGIN_DIR
 from qpsmtpd.app import App
-from qpsmtpd.constants import DECLINED, DENY, OK
+from qpsmtpd.constants import DECLINED, DENY
 from qpsmtpd.plugin import PluginError, plugin_name
 
 TEST_PLUGINS = os.path.join(os.path.dirname(__file__), "plugins")

@@ -1,7 +1,6 @@
 """The SMTP conversation: commands, arguments, sequence, limits (§3)."""
 
 import os
-import socket
 
 import pytest
 

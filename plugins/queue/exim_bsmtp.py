@@ -107,9 +107,9 @@ class EximBsmtp(Plugin):
         commands.extend(f"RCPT TO:{r.format()}" for r in transaction.recipients)
         commands.append("DATA")
         out.write(("\n".join(commands) + "\n").encode("utf-8", "surrogateescape"))
-        for chunk in _dot_stuffed(transaction.message_chunks()):
+        for chunk in transaction.data_chunks():
             out.write(chunk)
-        out.write(b".\nQUIT\n")
+        out.write(b"QUIT\n")
 
     def run_exim(self, path):
         command = [self.exim_path, "-bS"]
@@ -144,23 +144,6 @@ class EximBsmtp(Plugin):
             return DECLINED, INTERNAL
         self.log(LOGINFO, "pass, Enqueued to exim via BSMTP")
         return OK, "Queued!"
-
-
-def _dot_stuffed(chunks):
-    """The LF-terminated message with a dot doubled at each line start;
-    ends with a newline so the terminating dot is a line of its own."""
-    at_line_start = True
-    for chunk in chunks:
-        if not chunk:
-            continue
-        stuffed = chunk.replace(b"\n.", b"\n..")
-        if at_line_start and stuffed[:1] == b".":
-            stuffed = b"." + stuffed
-        at_line_start = stuffed.endswith(b"\n")
-        yield stuffed
-    if not at_line_start:
-        yield b"\n"
-
 
 def _signal_name(number):
     try:

@@ -173,7 +173,7 @@ class SmtpForward(Plugin):
             raise Refused(f"{recipient.format()}: {code} {text}", permanent, esc)
         _expect(smtp.docmd("DATA"), (354,))
         try:
-            for chunk in _smtp_data(transaction.message_chunks()):
+            for chunk in transaction.data_chunks(b"\r\n"):
                 smtp.send(chunk)
         except OSError:
             smtp.close()  # the spool failed mid-DATA: no QUIT, it would be data
@@ -229,22 +229,6 @@ def _split_esc(reply):
     text = _text(reply)
     match = re.match(r"([245]\.\d{1,3}\.\d{1,3}) (.*)", text)
     return (match.group(1), match.group(2)) if match else (None, text)
-
-
-def _smtp_data(chunks):
-    """The LF-terminated message as DATA: CR LF endings, leading dots
-    doubled, then the terminating dot line."""
-    at_line_start = True
-    for chunk in chunks:
-        if not chunk:
-            continue
-        stuffed = chunk.replace(b"\n.", b"\n..")
-        if at_line_start and stuffed[:1] == b".":
-            stuffed = b"." + stuffed
-        at_line_start = stuffed.endswith(b"\n")
-        yield stuffed.replace(b"\n", b"\r\n")
-    yield b".\r\n" if at_line_start else b"\r\n.\r\n"
-
 
 def _xtext(value):
     """RFC 3461 xtext, which XCLIENT values use."""
