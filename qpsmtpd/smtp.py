@@ -43,6 +43,8 @@ from .transaction import Transaction
 KNOWN_VERBS = frozenset(
     ("ehlo", "helo", "rset", "mail", "rcpt", "data", "help", "vrfy", "noop",
      "quit"))
+# RFC 5321 commands we know but do not offer: 502, not 500 (4.2.4).
+NOT_IMPLEMENTED = frozenset(("expn", "turn", "etrn", "send", "soml", "saml", "bdat"))
 _VERB = re.compile(r"\w{1,12}\Z", re.ASCII)
 _ESC_PREFIX = re.compile(r"[245]\.\d{1,3}\.\d{1,3} ")
 _ESC_IN_TEXT = re.compile(r"\(#[245]\.(\d{1,3}\.\d{1,3})\)")
@@ -305,7 +307,10 @@ class SMTP:
             return self.respond(501, f"{verb} requires domain/address - see "
                                      "RFC-2821 4.1.1.1", esc="5.5.4")
         if self.connection.hello:
-            return self.respond(503, "but you already said HELO ...", esc="5.5.1")
+            # RFC 5321 4.1.4: a later EHLO/HELO resets the session as RSET
+            # would (the original refused it with 503).
+            self.reset_transaction()
+            self.connection.hello = self.connection.hello_host = None
         host, extra = words[0], words[1:]
         result = self.run_hooks(verb, host, *extra)
         code, messages = result.code, result.messages
@@ -813,7 +818,10 @@ class SMTP:
         elif result.code == DENY:
             self.respond(500, *(result.messages or ["Unrecognized command"]), esc="5.5.1")
         elif result.code != DONE:
-            self.respond(500, "Unrecognized command", esc="5.5.1")
+            if verb in NOT_IMPLEMENTED:
+                self.respond(502, "Command not implemented", esc="5.5.1")
+            else:
+                self.respond(500, "Unrecognized command", esc="5.5.1")
 
 
 def _sender_address(path):

@@ -115,7 +115,12 @@ def test_helo_reply_and_repeat(session):
     client = session([])
     assert client.cmd("HELO a.example") == (
         250, ["mx.example.org Hi client.example.net [192.0.2.10]; I am so happy to meet you."])
-    assert client.cmd("EHLO a.example") == (503, ["but you already said HELO ..."])
+    # RFC 5321 4.1.4: a second greeting resets the session (qpsmtpd: 503)
+    client.cmd("MAIL FROM:<a@b.example>")
+    reply = client.cmd("EHLO b.example")
+    assert reply.code == 250 and "PIPELINING" in reply.lines
+    assert client.session.connection.hello_host == "b.example"
+    assert client.cmd("RCPT TO:<c@d.example>") == (503, ["5.5.1 Use MAIL before RCPT"])
 
 
 def test_ehlo_reply_lines(session):
