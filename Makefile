@@ -9,9 +9,14 @@ STAMP   := $(VENV)/.installed
 HOST    ?= 127.0.0.1
 PORT    ?= 2525
 # Debian packages the tests drive for real: tcpserver (ucspi-tcp),
-# supervise/multilog (daemontools), fortune (quit_fortune).
-DEBS    := ucspi-tcp daemontools fortune-mod
-DEB_BINS := /usr/bin/tcpserver /usr/bin/multilog /usr/games/fortune
+# supervise/multilog (daemontools), fortune (quit_fortune), redis-server
+# (shared state), spamd, clamd, swaks and openssl (TLS/AUTH clients),
+# opendkim-testmsg (an independent DKIM verifier), p0f, slapd (LDAP AUTH).
+DEBS    := ucspi-tcp daemontools fortune-mod redis-server spamd spamassassin \
+           clamav-daemon swaks opendkim-tools p0f openssl slapd ldap-utils
+DEB_BINS := /usr/bin/tcpserver /usr/bin/multilog /usr/games/fortune \
+           /usr/bin/redis-server /usr/sbin/spamd /usr/sbin/clamd /usr/bin/swaks \
+           /usr/sbin/opendkim-testmsg /usr/sbin/p0f /usr/bin/openssl /usr/sbin/slapd
 
 .PHONY: run test debs clean hooks
 
@@ -31,8 +36,9 @@ debs:
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "installing $(DEBS)"; \
 	  export DEBIAN_FRONTEND=noninteractive; \
-	  (apt-get install -y -q $(DEBS) >/dev/null 2>&1 || \
-	   (apt-get update -q >/dev/null && apt-get install -y -q $(DEBS) >/dev/null)); \
+	  (apt-get install -y -q --no-install-recommends $(DEBS) >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null && \
+	    apt-get install -y -q --no-install-recommends $(DEBS) >/dev/null)); \
 	fi
 
 test: $(STAMP) debs
