@@ -8,9 +8,14 @@ the engine is mocked: the bytes go through the kernel both ways.
 
 ``Client.cmd(line)`` sends one line and returns ``Reply(code, lines)``;
 ``Client.log`` holds the session's log lines (all levels).
+
+``plugin_session`` is ``smtp_session`` with the test plugins of
+``tests/plugins`` loadable too. ``TRACE_HEADERS``/``strip_trace`` know the two
+header fields the server prepends to every message it queues.
 """
 
 import os
+import re
 import socket
 import sys
 import threading
@@ -21,12 +26,34 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from qpsmtpd import __version__  # noqa: E402
 from qpsmtpd.app import App  # noqa: E402
 from qpsmtpd.connection import Connection  # noqa: E402
 from qpsmtpd.lineio import LineIO  # noqa: E402
 from qpsmtpd.smtp import SMTP  # noqa: E402
 
 PLUGIN_DIR = os.path.join(ROOT, "plugins")
+TEST_PLUGINS = os.path.join(ROOT, "tests", "plugins")
+
+# The two header fields the server prepends to a message from the default
+# client (192.0.2.10, client.example.net, no AUTH), as the queue sees them.
+DATE = rb"\w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d [+-]\d{4}"
+RECEIVED = (
+    rb"Received: from client\.example\.net \(HELO client\.example\.net\) "
+    rb"\(192\.0\.2\.10\)\n"
+    rb" by mx\.example\.org \(qpsmtpd/" + re.escape(__version__.encode())
+    + rb"\) with (?P<proto>E?SMTP); " + DATE + rb"\n")
+TRACE_HEADERS = re.compile(rb"Authentication-Results: mx\.example\.org; auth=none\n"
+                           + RECEIVED)
+
+
+def strip_trace(message, proto=b"ESMTP"):
+    """``message`` (bytes) without the two header fields the server prepends;
+    asserts they open it, with ``proto`` as the Received protocol."""
+    match = TRACE_HEADERS.match(message)
+    assert match, message[:300]
+    assert match["proto"] == proto, match[0]
+    return message[match.end():]
 
 
 class Reply(NamedTuple):
@@ -78,13 +105,23 @@ class Client:
         """True when the server has closed its end (reads EOF)."""
         return self.file.readline() == b""
 
-    def send_message(self, sender, recipients, body, helo="EHLO client.example.net"):
-        """Whole transaction; returns the reply to the final dot."""
-        assert self.cmd(helo).code == 250
+    def start_data(self, sender, recipients, helo="EHLO client.example.net"):
+        """HELO/EHLO (none when ``helo`` is None: a further transaction in
+        the session), MAIL, RCPT for each recipient, each accepted, then
+        DATA; returns DATA's reply (asserted 354)."""
+        if helo is not None:
+            assert self.cmd(helo).code == 250
         assert self.cmd(f"MAIL FROM:<{sender}>").code == 250
         for recipient in recipients:
             assert self.cmd(f"RCPT TO:<{recipient}>").code == 250
-        assert self.cmd("DATA").code == 354
+        reply = self.cmd("DATA")
+        assert reply.code == 354
+        return reply
+
+    def send_message(self, sender, recipients, body, helo="EHLO client.example.net"):
+        """Whole transaction (see ``start_data`` for ``helo``); returns the
+        reply to the final dot."""
+        self.start_data(sender, recipients, helo)
         self.send(body)
         return self.reply()
 
@@ -173,6 +210,35 @@ def smtp_session(make_app):
     yield factory
     for client in clients:
         client.close()
+
+
+@pytest.fixture
+def plugin_session(make_app, smtp_session):
+    """Factory like ``smtp_session``, the plugins also from tests/plugins."""
+
+    def factory(plugins=(), config=None, **connection):
+        app = make_app(plugins, config, plugin_dirs=[TEST_PLUGINS, PLUGIN_DIR])
+        return smtp_session(app=app, **connection)
+
+    return factory
+
+
+@pytest.fixture
+def queue_dir(tmp_path):
+    """The directory for the test plugin ``capture <dir>``."""
+    return tmp_path / "queue"
+
+
+def captured_messages(queue_dir):
+    """Contents (bytes) of every message ``capture`` queued, in file-name order."""
+    if not os.path.isdir(queue_dir):
+        return []
+    result = []
+    for name in sorted(os.listdir(queue_dir)):
+        if name.endswith(".eml"):
+            with open(os.path.join(queue_dir, name), "rb") as handle:
+                result.append(handle.read())
+    return result
 
 
 def maildir_messages(path):

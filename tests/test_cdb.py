@@ -130,18 +130,24 @@ def test_truncated_file_raises(tmp_path):
             read_cdb(path)
 
 
+def first_used_slot(blob, key):
+    """Offset in ``blob`` of the first used slot of the hash table ``key`` falls in."""
+    table_position, slots = struct.unpack_from("<II", blob, (cdb_hash(key) & 255) * 8)
+    for slot in range(slots):
+        offset = table_position + slot * 8
+        if struct.unpack_from("<II", blob, offset)[1]:
+            return offset
+    raise AssertionError(f"no used slot in the hash table of {key!r}")
+
+
 def test_corrupt_pointer_raises(tmp_path):
     path = tmp_path / "bad.cdb"
     write_cdb(path, {b"alpha": b"1", b"beta": b"2"})
     blob = bytearray(path.read_bytes())
     # Point the first used hash slot somewhere that is not a record.
-    table_position, slots = struct.unpack_from("<II", blob, (cdb_hash(b"alpha") & 255) * 8)
-    for slot in range(slots):
-        offset = table_position + slot * 8
-        h, record_position = struct.unpack_from("<II", blob, offset)
-        if record_position:
-            struct.pack_into("<II", blob, offset, h, record_position + 1)
-            break
+    offset = first_used_slot(blob, b"alpha")
+    h, record_position = struct.unpack_from("<II", blob, offset)
+    struct.pack_into("<II", blob, offset, h, record_position + 1)
     path.write_bytes(bytes(blob))
     with pytest.raises(CDBError, match="not the start"):
         read_cdb(path)
@@ -151,12 +157,7 @@ def test_unindexed_record_raises(tmp_path):
     path = tmp_path / "unindexed.cdb"
     write_cdb(path, {b"alpha": b"1", b"beta": b"2"})
     blob = bytearray(path.read_bytes())
-    table_position, slots = struct.unpack_from("<II", blob, (cdb_hash(b"beta") & 255) * 8)
-    for slot in range(slots):
-        offset = table_position + slot * 8
-        if struct.unpack_from("<II", blob, offset)[1]:
-            struct.pack_into("<II", blob, offset, 0, 0)
-            break
+    struct.pack_into("<II", blob, first_used_slot(blob, b"beta"), 0, 0)
     path.write_bytes(bytes(blob))
     with pytest.raises(CDBError, match="indexed"):
         read_cdb(path)

@@ -5,50 +5,19 @@ import re
 
 import pytest
 
-from conftest import PLUGIN_DIR
-
-TEST_PLUGINS = os.path.join(os.path.dirname(__file__), "plugins")
-RECEIVED = re.compile(
-    rb"Received: from client\.example\.net \(HELO c\.example\) \(192\.0\.2\.10\)\n"
-    rb" by mx\.example\.org \(qpsmtpd/0\.1\.0\) with (E?SMTP); "
-    rb"\w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d [+-]\d{4}\n")
+from conftest import RECEIVED, captured_messages, strip_trace
 
 
 @pytest.fixture
-def queue_dir(tmp_path):
-    return tmp_path / "queue"
-
-
-@pytest.fixture
-def session(make_app, smtp_session, queue_dir):
+def session(plugin_session, queue_dir):
     def factory(plugins=(), config=None, **kwargs):
         plugins = ["returns rcpt OK"] + list(plugins) + [f"capture {queue_dir}"]
-        app = make_app(plugins, config, plugin_dirs=[TEST_PLUGINS, PLUGIN_DIR])
-        return smtp_session(app=app, **kwargs)
+        return plugin_session(plugins, config, **kwargs)
     return factory
 
 
-def queued(queue_dir):
-    if not queue_dir.exists():
-        return []
-    return [(queue_dir / name).read_bytes()
-            for name in sorted(os.listdir(queue_dir)) if name.endswith(".eml")]
-
-
-def start_data(client, helo="EHLO c.example"):
-    assert client.cmd(helo).code == 250
-    assert client.cmd("MAIL FROM:<a@b.example>").code == 250
-    assert client.cmd("RCPT TO:<c@d.example>").code == 250
-    assert client.cmd("DATA") == (354, ["go ahead"])
-
-
-def strip_trace(message):
-    """The message without the two header fields the server prepends."""
-    match = RECEIVED.search(message)
-    assert match, message[:300]
-    auth = b"Authentication-Results: mx.example.org; auth=none\n"
-    assert message.startswith(auth)
-    return message[len(auth) + match.end() - match.start():]
+def start_data(client, helo="EHLO client.example.net"):
+    assert client.start_data("a@b.example", ["c@d.example"], helo) == (354, ["go ahead"])
 
 
 def test_message_lands_byte_exact(session, queue_dir):
@@ -57,62 +26,36 @@ def test_message_lands_byte_exact(session, queue_dir):
     client.send("From: a@b.example\r\nSubject: hello\r\n\tfolded\r\n\r\n"
                 "line one\r\n..leading dot\r\n..\r\n\r\nlast\r\n.\r\n")
     assert client.reply() == (250, ["2.0.0 Queued! 0"])
-    message = queued(queue_dir)[0]
-    assert strip_trace(message) == (
+    assert strip_trace(captured_messages(queue_dir)[0]) == (
         b"From: a@b.example\nSubject: hello\n\tfolded\n\n"
         b"line one\n.leading dot\n.\n\nlast\n")
-    assert RECEIVED.search(message).group(1) == b"ESMTP"
 
 
 def test_helo_session_is_smtp_in_received(session, queue_dir):
     client = session()
-    start_data(client, helo="HELO c.example")
+    start_data(client, helo="HELO client.example.net")
     client.send("Subject: x\r\n\r\nbody\r\n.\r\n")
     assert client.reply().code == 250
-    assert RECEIVED.search(queued(queue_dir)[0]).group(1) == b"SMTP"
+    assert strip_trace(captured_messages(queue_dir)[0], proto=b"SMTP") == b"Subject: x\n\nbody\n"
 
 
-def test_header_without_blank_line_keeps_every_line(session, queue_dir):
+@pytest.mark.parametrize("sent, landed", [
+    (b"Subject: x\r\nthis is not a header\r\nmore body\r\n.\r\n",
+     b"Subject: x\nthis is not a header\nmore body\n"),
+    (b"just a body line\r\n.\r\n", b"just a body line\n"),
+    (b".\r\n", b""),
+    (b"Subject: long\r\n\r\n" + b"x" * 200000 + b"\r\n.\r\n",
+     b"Subject: long\n\n" + b"x" * 200000 + b"\n"),
+    (b"Subject: bin\r\n\r\n\x00\xff\xfe 8bit \xc3\xa9\r\n.\r\n",
+     b"Subject: bin\n\n\x00\xff\xfe 8bit \xc3\xa9\n"),
+], ids=["header-without-blank-line-keeps-every-line", "no-header", "empty",
+        "very-long-line-streams-through", "binary-and-nul-bytes"])
+def test_odd_messages_land_as_sent(session, queue_dir, sent, landed):
     client = session()
     start_data(client)
-    client.send("Subject: x\r\nthis is not a header\r\nmore body\r\n.\r\n")
+    client.send(sent)
     assert client.reply().code == 250
-    assert strip_trace(queued(queue_dir)[0]) == (
-        b"Subject: x\nthis is not a header\nmore body\n")
-
-
-def test_message_without_header(session, queue_dir):
-    client = session()
-    start_data(client)
-    client.send("just a body line\r\n.\r\n")
-    assert client.reply().code == 250
-    assert strip_trace(queued(queue_dir)[0]) == b"just a body line\n"
-
-
-def test_empty_message(session, queue_dir):
-    client = session()
-    start_data(client)
-    client.send(".\r\n")
-    assert client.reply().code == 250
-    assert strip_trace(queued(queue_dir)[0]) == b""
-
-
-def test_very_long_line_streams_through(session, queue_dir):
-    client = session()
-    start_data(client)
-    long_line = "x" * 200000
-    client.send(f"Subject: long\r\n\r\n{long_line}\r\n.\r\n")
-    assert client.reply().code == 250
-    assert strip_trace(queued(queue_dir)[0]) == (
-        b"Subject: long\n\n" + long_line.encode() + b"\n")
-
-
-def test_binary_and_nul_bytes_in_body_pass(session, queue_dir):
-    client = session()
-    start_data(client)
-    client.send(b"Subject: bin\r\n\r\n\x00\xff\xfe 8bit \xc3\xa9\r\n.\r\n")
-    assert client.reply().code == 250
-    assert strip_trace(queued(queue_dir)[0]).endswith(b"\x00\xff\xfe 8bit \xc3\xa9\n")
+    assert strip_trace(captured_messages(queue_dir)[0]) == landed
 
 
 def test_databytes_552_after_reading_to_the_end(session, queue_dir, tmp_path):
@@ -121,7 +64,7 @@ def test_databytes_552_after_reading_to_the_end(session, queue_dir, tmp_path):
     client.send("Subject: big\r\n\r\n" + "y" * 500 + "\r\n.\r\n")
     assert client.reply() == (552, ["5.3.4 Message too big!"])
     assert client.log_contains("Message too big: size: 515 (max size: 100)")
-    assert queued(queue_dir) == []
+    assert captured_messages(queue_dir) == []
     assert client.cmd("NOOP") == (250, ["2.0.0 OK"])
     assert os.listdir(tmp_path / "spool") == []
 
@@ -140,7 +83,7 @@ def test_eof_mid_data_queues_nothing_and_cleans_spool(session, queue_dir, tmp_pa
     client.sock.shutdown(1)
     assert client.reply() == (451, ["4.3.0 Incomplete DATA"])
     client.thread.join(5)
-    assert queued(queue_dir) == []
+    assert captured_messages(queue_dir) == []
     assert os.listdir(tmp_path / "spool") == []
 
 
@@ -166,7 +109,7 @@ def test_smuggling_variants_never_queue_two_messages(session, queue_dir, end):
             replies.append(reply)
     except OSError:
         pass  # the server is waiting for the next command
-    messages = queued(queue_dir)
+    messages = captured_messages(queue_dir)
     assert len(messages) <= 1
     assert not any(b"evil" in m and b"first" not in m for m in messages)
     assert not client.log_contains("dispatching MAIL FROM:<evil@attacker.example>")
@@ -181,7 +124,7 @@ def test_bare_lf_or_cr_refused_with_5xx(session, queue_dir, body):
     assert reply.code == 521
     assert "bare <LF>" in reply.text
     assert client.closed()
-    assert queued(queue_dir) == []
+    assert captured_messages(queue_dir) == []
 
 
 def test_incoming_authentication_results_are_renamed(session, queue_dir):
@@ -191,7 +134,7 @@ def test_incoming_authentication_results_are_renamed(session, queue_dir):
                 "Subject: x\r\n"
                 "Authentication-Results: mx.example.org; dkim=pass\r\n\r\nb\r\n.\r\n")
     assert client.reply().code == 250
-    body = strip_trace(queued(queue_dir)[0])
+    body = strip_trace(captured_messages(queue_dir)[0])
     assert body == (b"Subject: x\n"
                     b"Original-Authentication-Results: mx.example.org; spf=pass\n"
                     b"Original-Authentication-Results: mx.example.org; dkim=pass\n\nb\n")
@@ -204,7 +147,8 @@ def test_authentication_results_kept_under_dkim_signature(session, queue_dir):
                 "\th=from:subject:authentication-results; bh=x; b=y\r\n"
                 "Authentication-Results: other.example; spf=pass\r\n\r\nb\r\n.\r\n")
     assert client.reply().code == 250
-    assert b"\nAuthentication-Results: other.example; spf=pass\n" in queued(queue_dir)[0]
+    [message] = captured_messages(queue_dir)
+    assert b"\nAuthentication-Results: other.example; spf=pass\n" in message
 
 
 def test_me_auth_results_none(session, queue_dir):
@@ -212,8 +156,8 @@ def test_me_auth_results_none(session, queue_dir):
     start_data(client)
     client.send("Authentication-Results: x; spf=pass\r\n\r\nb\r\n.\r\n")
     assert client.reply().code == 250
-    message = queued(queue_dir)[0]
-    assert message.startswith(b"Received: ")
+    message = captured_messages(queue_dir)[0]
+    assert re.match(RECEIVED, message), message
     assert b"\nAuthentication-Results: x; spf=pass\n" in message
 
 
@@ -222,12 +166,10 @@ def test_two_messages_in_one_session(session, queue_dir):
     start_data(client)
     client.send("Subject: one\r\n\r\n1\r\n.\r\n")
     assert client.reply().code == 250
-    assert client.cmd("MAIL FROM:<a@b.example>").code == 250
-    assert client.cmd("RCPT TO:<x@d.example>").code == 250
-    assert client.cmd("DATA").code == 354
-    client.send("Subject: two\r\n\r\n2\r\n.\r\n")
-    assert client.reply() == (250, ["2.0.0 Queued! 1"])
-    assert [strip_trace(m) for m in queued(queue_dir)] == [
+    assert client.send_message("a@b.example", ["x@d.example"],
+                               "Subject: two\r\n\r\n2\r\n.\r\n", helo=None) == (
+        250, ["2.0.0 Queued! 1"])
+    assert [strip_trace(m) for m in captured_messages(queue_dir)] == [
         b"Subject: one\n\n1\n", b"Subject: two\n\n2\n"]
     assert (queue_dir / "1.env").read_text() == "<a@b.example>\n<x@d.example>\n"
 
@@ -262,23 +204,18 @@ def test_spool_failure_reads_to_the_dot_then_451(session, queue_dir, tmp_path):
     client.send("Subject: x\r\n\r\nMAIL FROM:<evil@attacker.example>\r\nRSET\r\n.\r\n")
     assert client.reply() == (451, ["4.3.0 Error writing message to the spool, try again later"])
     assert client.cmd("NOOP") == (250, ["2.0.0 OK"])
-    assert queued(queue_dir) == []
+    assert captured_messages(queue_dir) == []
     assert not client.log_contains("dispatching MAIL FROM:<evil@attacker.example>")
     assert client.log_contains("cannot write the message to the spool")
 
 
-def test_authentication_results_are_per_transaction(make_app, smtp_session, queue_dir):
-    app = make_app(["authres", "returns rcpt OK", f"capture {queue_dir}"],
-                   plugin_dirs=[TEST_PLUGINS, PLUGIN_DIR])
-    client = smtp_session(app=app)
-    client.cmd("EHLO c.example")
+def test_authentication_results_are_per_transaction(plugin_session, queue_dir):
+    client = plugin_session(["authres", "returns rcpt OK", f"capture {queue_dir}"])
+    client.cmd("EHLO client.example.net")
     for sender in ("a@one.example", "a@two.example"):
-        assert client.cmd(f"MAIL FROM:<{sender}>").code == 250
-        assert client.cmd("RCPT TO:<c@d.example>").code == 250
-        assert client.cmd("DATA").code == 354
-        client.send("Subject: x\r\n\r\nb\r\n.\r\n")
-        assert client.reply().code == 250
-    first, second = queued(queue_dir)
+        assert client.send_message(sender, ["c@d.example"], "Subject: x\r\n\r\nb\r\n.\r\n",
+                                   helo=None).code == 250
+    first, second = captured_messages(queue_dir)
     assert first.startswith(b"Authentication-Results: mx.example.org; auth=none; "
                             b"iprev=pass; spf=pass smtp.mailfrom=one.example\n")
     assert second.startswith(b"Authentication-Results: mx.example.org; auth=none; "

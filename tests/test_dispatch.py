@@ -4,12 +4,11 @@ import os
 
 import pytest
 
-from conftest import PLUGIN_DIR
+from conftest import PLUGIN_DIR, TEST_PLUGINS
 from qpsmtpd.app import App
 from qpsmtpd.constants import DECLINED, DENY
 from qpsmtpd.plugin import PluginError, plugin_name
 
-TEST_PLUGINS = os.path.join(os.path.dirname(__file__), "plugins")
 
 
 @pytest.mark.parametrize("config_name, escaped", [

@@ -6,24 +6,18 @@ of ``None`` means "no reply to this command": the next command's reply is
 read instead. ``CLOSED`` means the server closed the connection.
 """
 
-import os
-
 import pytest
 
-from conftest import PLUGIN_DIR
+from conftest import PLUGIN_DIR, TEST_PLUGINS
 
-TEST_PLUGINS = os.path.join(os.path.dirname(__file__), "plugins")
 CLOSED = "closed"
 MESSAGE = "Subject: test\r\n\r\nbody\r\n.\r\n"
 ACCEPT = ["returns rcpt OK", "returns queue OK"]
 
 
 @pytest.fixture
-def session(make_app, smtp_session):
-    def factory(plugins, config=None, **kwargs):
-        app = make_app(plugins, config, plugin_dirs=[TEST_PLUGINS, PLUGIN_DIR])
-        return smtp_session(app=app, **kwargs)
-    return factory
+def session(plugin_session):
+    return plugin_session
 
 
 def converse(client, steps):

@@ -1,19 +1,12 @@
 """dont_require_anglebrackets and parse_addr_withhelo: MAIL/RCPT argument forms."""
 
-import os
-
 import pytest
-
-from conftest import PLUGIN_DIR
-
-TEST_PLUGINS = os.path.join(os.path.dirname(__file__), "plugins")
 
 
 @pytest.fixture
-def session(smtp_session, make_app):
+def session(plugin_session):
     def factory(*plugins):
-        app = make_app([*plugins, "returns rcpt OK"], plugin_dirs=[TEST_PLUGINS, PLUGIN_DIR])
-        return smtp_session(app=app)
+        return plugin_session([*plugins, "returns rcpt OK"])
     return factory
 
 

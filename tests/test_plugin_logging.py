@@ -14,33 +14,27 @@ import time
 
 import pytest
 
-from conftest import PLUGIN_DIR
 from qpsmtpd.plugin import PluginError
 
-TEST_PLUGINS = os.path.join(os.path.dirname(__file__), "plugins")
 PID = os.getpid()
 SESSION_ID = r"\d{8,}-\d{4,}-\d+"
 
 
 @pytest.fixture
-def logged_session(smtp_session, make_app):
+def logged_session(plugin_session):
     """A session with ``logging`` lines and plugins (test plugins available)."""
 
     def factory(logging, plugins=(), config=None):
         files = {"logging": list(logging)}
         files.update(config or {})
-        app = make_app(list(plugins), files, plugin_dirs=[TEST_PLUGINS, PLUGIN_DIR])
-        return app, smtp_session(app=app)
+        client = plugin_session(list(plugins), files)
+        return client.app, client
     return factory
 
 
 def run_transaction(client, quit=True):
-    assert client.cmd("EHLO client.example.net").code == 250
-    assert client.cmd("MAIL FROM:<a@example.net>").code == 250
-    assert client.cmd("RCPT TO:<b@example.org>").code == 250
-    assert client.cmd("DATA").code == 354
-    client.send("Subject: x\r\n\r\nhello\r\n.\r\n")
-    assert client.reply().code == 250
+    assert client.send_message("a@example.net", ["b@example.org"],
+                               "Subject: x\r\n\r\nhello\r\n.\r\n").code == 250
     if quit:
         assert client.cmd("QUIT").code == 221
     client.close()

@@ -7,13 +7,12 @@ import time
 
 import pytest
 
-from conftest import PLUGIN_DIR
+from conftest import PLUGIN_DIR, TEST_PLUGINS
 from qpsmtpd.address import Address
 from qpsmtpd.connection import Connection
 from qpsmtpd.constants import DECLINED, OK
 from qpsmtpd.plugin import PluginError
 
-TEST_PLUGINS = os.path.join(os.path.dirname(__file__), "plugins")
 ELAPSED = re.compile(r"\d+ \(post-connection\) connection_time: (\d+\.\d{3}) s\.\Z")
 
 

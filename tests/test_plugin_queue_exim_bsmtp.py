@@ -9,15 +9,13 @@ records it and its arguments byte for byte, prints what the test asks
 """
 
 import os
-import re
 import time
 
 import pytest
 
-from conftest import PLUGIN_DIR
+from conftest import strip_trace
 from qpsmtpd.plugin import PluginError
 
-TEST_PLUGINS = os.path.join(os.path.dirname(__file__), "plugins")
 FAKE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bin", "fake-rsmtp")
 NAME = "queue::exim_2dbsmtp"
 
@@ -30,12 +28,8 @@ MESSAGE = (
     "last line\r\n"
     ".\r\n"
 )
-HEADER_ADDED = (
-    rb"Authentication-Results: mx\.example\.org; auth=none\n"
-    rb"Received: from client\.example\.net \(HELO client\.example\.net\) "
-    rb"\(192\.0\.2\.10\)\n by mx\.example\.org \(qpsmtpd/[^)]+\) with ESMTP; "
-    rb"\w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d [+-]\d{4}\n"
-)
+# the reply to the dot (after EHLO) when the plugin failed on its side
+INTERNAL_ERROR = (451, ["4.3.0 Internal error enqueuing mail"])
 
 
 @pytest.fixture
@@ -49,11 +43,9 @@ def fake(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def session(smtp_session, make_app):
+def session(plugin_session):
     def factory(args=f"exim_path {FAKE}", config=None):
-        app = make_app(["returns rcpt OK", f"queue/exim-bsmtp {args}"], config,
-                       plugin_dirs=[TEST_PLUGINS, PLUGIN_DIR])
-        return smtp_session(app=app)
+        return plugin_session(["returns rcpt OK", f"queue/exim-bsmtp {args}"], config)
 
     return factory
 
@@ -62,25 +54,23 @@ def spool_files(tmp_path):
     return [name for name in os.listdir(tmp_path / "spool") if name.startswith("exim-bsmtp.")]
 
 
-def declined_with(client, text):
-    return client.log_contains(f"Plugin {NAME}, hook queue returned DECLINED, {text}")
-
-
 def test_bsmtp_bytes(session, fake, tmp_path):
     client = session()
     reply = client.send_message("alice@example.net",
                                 ["bob@example.org", "carol@example.org"], MESSAGE)
     assert (reply.code, reply.text) == (250, "2.0.0 Queued!")
     assert fake["argv"].read_bytes() == b"-bS"
-    assert re.fullmatch(
-        rb"HELO mx\.example\.org\n"
-        rb"MAIL FROM:<alice@example\.net>\n"
-        rb"RCPT TO:<bob@example\.org>\n"
-        rb"RCPT TO:<carol@example\.org>\n"
-        rb"DATA\n" + HEADER_ADDED +
-        rb"Subject: hello\nMessage-Id: <123@example\.net>\n\n"
-        rb"\.\.one dot\n\.\.\.two dots\nlast line\n"
-        rb"\.\nQUIT\n", fake["stdin"].read_bytes()), fake["stdin"].read_bytes()
+    commands = (b"HELO mx.example.org\n"
+                b"MAIL FROM:<alice@example.net>\n"
+                b"RCPT TO:<bob@example.org>\n"
+                b"RCPT TO:<carol@example.org>\n"
+                b"DATA\n")
+    sent = fake["stdin"].read_bytes()
+    assert sent.startswith(commands), sent
+    assert strip_trace(sent[len(commands):]) == (
+        b"Subject: hello\nMessage-Id: <123@example.net>\n\n"
+        b"..one dot\n...two dots\nlast line\n"
+        b".\nQUIT\n")
     assert spool_files(tmp_path) == []
     assert client.log_contains(f"{NAME}: pass, Enqueued to exim via BSMTP")
 
@@ -104,11 +94,7 @@ def test_exim_error_reply(session, fake, monkeypatch, tmp_path, output, code, te
     monkeypatch.setenv("FAKE_RSMTP_EXIT", "1")
     client = session()
     reply = client.send_message("alice@example.net", ["bob@example.org"], MESSAGE)
-    assert reply.code == code
-    if code == 552:
-        assert reply.text == "5.1.1 <bob@example.org>: unknown user"
-    else:
-        assert declined_with(client, "lost connection")
+    assert (reply.code, reply.text) == (code, text)
     assert client.log_contains(f"{NAME}: exim: {output[:-2]}")
     assert client.log_contains("error, BSMTP enqueue failed; response")
     assert spool_files(tmp_path) == []
@@ -118,8 +104,7 @@ def test_nonzero_exit(session, fake, monkeypatch):
     monkeypatch.setenv("FAKE_RSMTP_EXIT", "2")
     client = session()
     reply = client.send_message("alice@example.net", ["bob@example.org"], MESSAGE)
-    assert reply.code == 451
-    assert declined_with(client, "Internal error enqueuing mail")
+    assert reply == INTERNAL_ERROR
     assert client.log_contains(f"error, BSMTP enqueue failed; exitcode 2 from {FAKE} -bS")
 
 
@@ -127,7 +112,7 @@ def test_killed_by_signal(session, fake, monkeypatch):
     monkeypatch.setenv("FAKE_RSMTP_MODE", "signal")
     client = session()
     reply = client.send_message("alice@example.net", ["bob@example.org"], MESSAGE)
-    assert reply.code == 451
+    assert reply == INTERNAL_ERROR
     assert client.log_contains("killed by signal SIGKILL")
 
 
@@ -137,7 +122,7 @@ def test_timeout(session, fake, monkeypatch, tmp_path):
     started = time.monotonic()
     reply = client.send_message("alice@example.net", ["bob@example.org"], MESSAGE)
     assert time.monotonic() - started < 10
-    assert reply.code == 451
+    assert reply == INTERNAL_ERROR
     assert client.log_contains("timed out after 1 s")
     assert spool_files(tmp_path) == []
 
@@ -146,7 +131,7 @@ def test_missing_exim(session, fake, tmp_path):
     client = session(f"exim_path {tmp_path}/no-exim")
     assert client.log_contains(f"Could not find exim at {tmp_path}/no-exim")
     reply = client.send_message("alice@example.net", ["bob@example.org"], MESSAGE)
-    assert reply.code == 451
+    assert reply == INTERNAL_ERROR
     assert client.log_contains(f"error, Could not execute {tmp_path}/no-exim")
     assert spool_files(tmp_path) == []
 
@@ -158,7 +143,7 @@ def test_spool_dir_not_writable(session, fake, tmp_path):
     os.rename(spool, tmp_path / "spool.moved")
     spool.write_bytes(b"")  # a file where the directory was
     reply = client.send_message("alice@example.net", ["bob@example.org"], MESSAGE)
-    assert reply.code == 451
+    assert reply == INTERNAL_ERROR
     assert client.log_contains("error, Couldn't create tempfile")
 
 

@@ -2,31 +2,23 @@
 for outsiders, late or repeated lines and malformed lines; other unknown
 commands reach the later plugins."""
 
-import os
 import re
 
 import pytest
 
-from conftest import PLUGIN_DIR
+from conftest import captured_messages
 from qpsmtpd.plugin import PluginError
 
-TEST_PLUGINS = os.path.join(os.path.dirname(__file__), "plugins")
 PROXY_LINE = "PROXY TCP4 198.51.100.7 192.0.2.1 50060 465"
 
 
 @pytest.fixture
-def queue_dir(tmp_path):
-    return tmp_path / "queue"
-
-
-@pytest.fixture
-def proxied(make_app, smtp_session, queue_dir):
+def proxied(plugin_session, queue_dir):
     """A session from the local proxy (127.0.0.1 unless told otherwise)."""
     def factory(plugins=("stunnel proxy on", "returns rcpt OK", "capture {queue}"),
                 remote_ip="127.0.0.1", config=None, **kwargs):
         plugins = [line.format(queue=queue_dir) for line in plugins]
-        app = make_app(plugins, config, plugin_dirs=[TEST_PLUGINS, PLUGIN_DIR])
-        client = smtp_session(app=app, remote_ip=remote_ip, **kwargs)
+        client = plugin_session(plugins, config, remote_ip=remote_ip, **kwargs)
         assert client.greeting.code == 220
         return client
     return factory
@@ -34,11 +26,6 @@ def proxied(make_app, smtp_session, queue_dir):
 
 def connection(client):
     return client.session.connection
-
-
-def queued(queue_dir):
-    return [(queue_dir / name).read_bytes()
-            for name in sorted(os.listdir(queue_dir)) if name.endswith(".eml")]
 
 
 # -- accepted lines ----------------------------------------------------------
@@ -66,7 +53,7 @@ def test_proxy_line_sets_the_peer_and_sends_no_reply(proxied, queue_dir):
     assert client.cmd("DATA").code == 354
     client.send("Subject: hi\r\n\r\nbody\r\n.\r\n")
     assert client.reply() == (250, ["Queued! 0"])
-    message = queued(queue_dir)[0]
+    message = captured_messages(queue_dir)[0]
     assert re.search(rb"\nReceived: from \[198\.51\.100\.7\] \(HELO c\.example\) "
                      rb"\(198\.51\.100\.7\)\n by mx\.example\.org ", b"\n" + message)
 

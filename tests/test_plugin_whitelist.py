@@ -2,14 +2,10 @@
 whitelistrcpt and per_recipient mode, over real sessions; later plugins see
 the session as immune."""
 
-import os
-
 import pytest
 
-from conftest import PLUGIN_DIR
+from conftest import PLUGIN_DIR, TEST_PLUGINS
 from qpsmtpd.plugin import PluginError
-
-TEST_PLUGINS = os.path.join(os.path.dirname(__file__), "plugins")
 
 HOSTS = [
     "# trusted relays",

@@ -1,20 +1,12 @@
 """The SMTP conversation: commands, arguments, sequence, limits (§3)."""
 
-import os
-
 import pytest
-
-from conftest import PLUGIN_DIR
-
-TEST_PLUGINS = os.path.join(os.path.dirname(__file__), "plugins")
 
 
 @pytest.fixture
-def session(make_app, smtp_session, tmp_path):
+def session(plugin_session, tmp_path):
     def factory(plugins=("returns rcpt OK",), config=None, **kwargs):
-        plugins = list(plugins) + [f"capture {tmp_path / 'queue'}"]
-        app = make_app(plugins, config, plugin_dirs=[TEST_PLUGINS, PLUGIN_DIR])
-        return smtp_session(app=app, **kwargs)
+        return plugin_session(list(plugins) + [f"capture {tmp_path / 'queue'}"], config, **kwargs)
     return factory
 
 
