@@ -13,9 +13,9 @@ PORT    ?= 2525
 # (shared state), spamd, clamd, swaks and openssl (TLS/AUTH clients),
 # opendkim-testmsg (an independent DKIM verifier), p0f, slapd (LDAP AUTH).
 DEBS    := ucspi-tcp daemontools fortune-mod redis-server spamd spamassassin \
-           clamav-daemon swaks opendkim-tools p0f openssl slapd ldap-utils
+           clamav-daemon clamdscan clamav swaks opendkim-tools p0f openssl slapd ldap-utils
 DEB_BINS := /usr/bin/tcpserver /usr/bin/multilog /usr/games/fortune \
-           /usr/bin/redis-server /usr/sbin/spamd /usr/sbin/clamd /usr/bin/swaks \
+           /usr/bin/redis-server /usr/sbin/spamd /usr/sbin/clamd /usr/bin/clamdscan /usr/bin/swaks \
            /usr/sbin/opendkim-testmsg /usr/sbin/p0f /usr/bin/openssl /usr/sbin/slapd
 
 .PHONY: run test debs clean hooks

@@ -30,6 +30,8 @@ the test with its log.
   ``StreamMaxLength`` is 100 MB so large messages can be streamed.
 """
 
+import ctypes
+import glob
 import os
 import shutil
 import signal
@@ -58,6 +60,15 @@ dns_available no
 _running = {}  # name -> daemon object, shared by every copy of a fixture
 
 
+def _die_with_parent():
+    """In the child before exec: SIGTERM when the test process dies, so a
+    killed test run leaves no daemon behind (Linux prctl PR_SET_PDEATHSIG)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
 def find_program(name):
     """The program's path (PATH, then /usr/sbin for a non-root PATH) or None."""
     return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
@@ -75,8 +86,12 @@ class _Daemon:
     name = "daemon"
 
     def __init__(self):
+        reap_stale(self.name)
         self.dir = tempfile.mkdtemp(prefix=f"qpsmtpd-test-{self.name}-")
         os.chmod(self.dir, 0o755)  # spamd drops to nobody and must read it
+        with open(os.path.join(self.dir, "owner"), "w") as handle:
+            handle.write(str(os.getpid()))
+        self.pid_file = os.path.join(self.dir, f"{self.name}.pid")
         self.port = free_port()
         self.socket_path = os.path.join(self.dir, f"{self.name}.sock")
         self.log_path = os.path.join(self.dir, f"{self.name}.log")
@@ -89,21 +104,23 @@ class _Daemon:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(command, stdout=log, stderr=log,
                                          stdin=subprocess.DEVNULL, cwd=self.dir,
-                                         start_new_session=True)
+                                         start_new_session=True,
+                                         preexec_fn=_die_with_parent)
         deadline = started + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                log = self.log_text()
                 self.stop()
                 pytest.fail(f"{self.name} exited with {self.proc.returncode} at "
-                            f"start:\n{self.log_text()}")
+                            f"start:\n{log}")
             if self.ready():
                 self.startup_seconds = time.monotonic() - started
                 print(f"\n{self.name} ready in {self.startup_seconds:.2f} s")
                 return self
             time.sleep(0.05)
+        log = self.log_text()
         self.stop()
-        pytest.fail(f"{self.name} did not answer within {START_TIMEOUT} s:\n"
-                    f"{self.log_text()}")
+        pytest.fail(f"{self.name} did not answer within {START_TIMEOUT} s:\n{log}")
 
     def log_text(self):
         try:
@@ -169,7 +186,7 @@ class SpamdDaemon(_Daemon):
                    "--local", "--syslog=stderr",
                    f"--listen=127.0.0.1:{self.port}", f"--listen={self.socket_path}",
                    "--socketmode=0666", "--min-children=1", "--max-children=3",
-                   "--pidfile", os.path.join(self.dir, "spamd.pid")]
+                   "--pidfile", self.pid_file]
         if os.geteuid() == 0:
             command += ["--username", "nobody"]
         return command
@@ -224,7 +241,7 @@ class ClamdDaemon(_Daemon):
             "TCPAddr 127.0.0.1",
             f"DatabaseDirectory {self.database_dir}",
             f"LogFile {self.log_path}",
-            f"PidFile {os.path.join(self.dir, 'clamd.pid')}",
+            f"PidFile {self.pid_file}",
             "StreamMaxLength 100M",
             "MaxFileSize 100M",
             "Bytecode no",
@@ -244,6 +261,49 @@ class ClamdDaemon(_Daemon):
                 return sock.recv(100) == b"PONG\0"
         except OSError:
             return False
+
+
+def reap_stale(name):
+    """Stop the daemons that an earlier, killed test run left behind.
+
+    Only directories of this module's kind (``qpsmtpd-test-<name>-*``) whose
+    owning test process is gone are touched; the daemon's pid comes from its
+    own pid file and must be running with that directory on its command
+    line. (clamd follows its parent through PR_SET_PDEATHSIG; spamd changes
+    credentials, which clears that, so it can outlive a killed run.)
+    """
+    pattern = os.path.join(tempfile.gettempdir(), f"qpsmtpd-test-{name}-*")
+    for directory in glob.glob(pattern):
+        try:
+            with open(os.path.join(directory, "owner")) as handle:
+                owner = int(handle.read())
+        except (OSError, ValueError):
+            continue
+        if _alive(owner):
+            continue
+        try:
+            with open(os.path.join(directory, f"{name}.pid")) as handle:
+                pid = int(handle.read().split()[0])
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                ours = directory.encode() in handle.read()
+        except (OSError, ValueError, IndexError):
+            ours = False
+        if ours:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _shared(name, factory):
