@@ -4,8 +4,10 @@ Serves one SMTP session on the socket it was handed on fd 0/1, as tcpserver
 (ucspi-tcp), inetd/xinetd or systemd (``Accept=yes``) start it. Peer
 details come from tcpserver's variables (``TCPREMOTEIP``,
 ``TCPREMOTEHOST``, ``TCPREMOTEINFO``, ``TCPREMOTEPORT``, ``TCPLOCALIP``,
-``TCPLOCALPORT``) or, without them, from the socket itself; ``RELAYCLIENT``
-is honoured by the ``relay`` plugin.
+``TCPLOCALPORT``) or, without them, from the socket itself (the host name
+then comes from a PTR lookup through ``qpsmtpd.dns``, bounded by
+``config/dns_timeout``); ``RELAYCLIENT`` is honoured by the ``relay``
+plugin.
 
 Other uses::
 
@@ -59,8 +61,6 @@ def main(argv=None):
             f"(x)inetd or a similar program which passes a socket to stdin ({exc})\n")
         return 1
     connection = Connection.from_environment(os.environ)
-    if connection is None:
-        connection = connection_from_socket(sock, peer)
     io = LineIO(sock)
     try:
         app = App(config_dirs).load_plugins()
@@ -68,6 +68,8 @@ def main(argv=None):
         App(config_dirs).log(LOGCRIT, f"cannot load plugins: {exc}")
         io.write(b"421 Service temporarily unavailable, try again later\r\n")
         return 1
+    if connection is None:
+        connection = connection_from_socket(sock, peer, app.resolver)
     SMTP(app, io, connection).run()
     io.close()
     return 0
@@ -81,12 +83,23 @@ def config_search_path(extra_dirs):
     return [os.path.abspath(d) for d in extra_dirs] + list(DEFAULT_DIRS)
 
 
-def connection_from_socket(sock, peer):
-    """Peer details from the socket (inetd, systemd without tcpserver)."""
+def connection_from_socket(sock, peer, resolver=None):
+    """Peer details from the socket (inetd, systemd without tcpserver).
+
+    ``remote_host`` is the peer's first PTR name, looked up with the
+    resolver's timeout (``[ip]`` when there is none or the lookup fails);
+    the answer stays in the connection's DNS cache for the plugins.
+    """
     local = sock.getsockname()
     remote_ip = _plain_ip(peer[0])
-    return Connection(remote_ip=remote_ip, remote_port=peer[1],
-                      local_ip=_plain_ip(local[0]), local_port=local[1])
+    connection = Connection(remote_ip=remote_ip, remote_port=peer[1],
+                            local_ip=_plain_ip(local[0]), local_port=local[1])
+    if resolver is not None:
+        from .dns import connection_cache, reverse_name
+        name = reverse_name(remote_ip, resolver, connection_cache(connection))
+        if name:
+            connection.remote_host = connection.remote_info = name
+    return connection
 
 
 def _plain_ip(ip):

@@ -8,7 +8,8 @@ for its one session. It holds:
 * ``log`` — ``qpsmtpd.log.Log`` at ``config/loglevel``;
 * ``dispatcher`` — the plugins of ``config/logging`` and ``config/plugins``
   and the hook table;
-* ``resolver`` — the shared DNS resolver, built on first use.
+* ``resolver`` — the shared DNS resolver (``qpsmtpd.dns``), built on first
+  use from ``config/dns_servers``, ``dns_timeout`` and ``dns_tries``.
 
 Plugin directories: ``config/plugin_dirs`` when present, else ``./plugins``
 (the working directory, as qpsmtpd's run scripts start in the install
@@ -58,6 +59,8 @@ class App:
         for line in logging_lines:
             self.log(LOGINFO, f"Loaded {line}")
         self.dispatcher.load(self.config.get_list("plugins"))
+        from .auth import warn_cleartext
+        warn_cleartext(self)
         return self
 
     def spool_dir(self):
@@ -65,9 +68,11 @@ class App:
 
     @property
     def resolver(self):
+        """The process's ``qpsmtpd.dns.Resolver``, built from
+        ``config/dns_servers``, ``dns_timeout``, ``dns_tries`` on first use."""
         if self._resolver is None:
-            import dns.resolver
-            self._resolver = dns.resolver.Resolver()
+            from .dns import Resolver
+            self._resolver = Resolver.from_config(self.config, log=self.log)
         return self._resolver
 
     def _config_log(self, level, message):

@@ -5,9 +5,11 @@ Fields (qpsmtpd's names): ``remote_ip``, ``remote_port``, ``remote_host``
 (``ident@host`` under tcpserver with ident, else ``remote_host``),
 ``local_ip``, ``local_port``, ``relay_client``, ``hello`` (``'helo'`` or
 ``'ehlo'`` once greeted), ``hello_host``, ``notes`` (a dict plugins share for
-the life of the TCP connection), ``tls`` (a dict of facts once TLS is up:
-``protocol``, ``cipher``, ``peer_subject``), ``auth_user``,
-``auth_mechanism``, ``auth_results`` (Authentication-Results parts found
+the life of the TCP connection), ``tls`` (None, or once TLS is up a dict:
+``protocol`` (``TLSv1.3``), ``cipher``, ``bits``, ``peer_subject`` and
+``peer_issuer`` of a verified client certificate, else None), ``auth_user``,
+``auth_mechanism`` (lower case, as the auth hooks get it; both set by a
+successful AUTH), ``auth_results`` (Authentication-Results parts found
 before any transaction, e.g. ``iprev=pass``), and ``id``: a session id
 ``<epoch seconds>-<pid>-<n>`` made at first use in the process serving the
 connection (log plugins write it instead of the pid; ``%i`` in
@@ -73,10 +75,16 @@ class Connection:
 
     def clone(self):
         """A copy for the session after STARTTLS: addresses, relay_client and
-        the same notes dict are kept; ``hello``/``hello_host`` are not."""
+        the same notes dict are kept; ``hello``/``hello_host``, the TLS and
+        AUTH facts are not (RFC 3207 4.2: what the client said before the
+        handshake is forgotten), so relay_client is what it was before a
+        successful AUTH."""
+        relay_client = self.relay_client
+        if self.auth_user:
+            relay_client = bool(self.notes.pop("relay_client_before_auth", False))
         new = Connection(self.remote_ip, self.remote_port, self.remote_host,
                          self.remote_info, self.local_ip, self.local_port,
-                         self.relay_client)
+                         relay_client)
         new.notes = self.notes
         new.auth_results = list(self.auth_results)
         new.started = self.started

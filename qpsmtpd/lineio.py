@@ -14,12 +14,19 @@ line limit), whatever the client sends.
 * ``discard_pending()`` drops input already buffered — done right after
   ``220 Go ahead with TLS`` so plaintext pipelined behind STARTTLS can never
   be read as a command inside the encrypted session (CVE-2011-0411).
-* ``start_tls(context)`` wraps the socket; later reads and writes are
-  encrypted.
+* ``start_tls(context, timeout)`` discards that plaintext, wraps the socket
+  and completes the server-side handshake within ``timeout`` seconds; later
+  reads and writes are encrypted. Plaintext that reaches the kernel after
+  our last read is fed to the handshake, which then fails: it is never read
+  as a command either. On failure the TLS socket is closed and the error
+  (``ssl.SSLError``, ``TimeoutError`` or another ``OSError``) is raised.
+* A TLS error while reading (a broken record, the client's alert) ends the
+  input like end of file does.
 """
 
 import select
 import socket
+import ssl
 
 
 class LineIO:
@@ -67,7 +74,7 @@ class LineIO:
             chunk = self.sock.recv(self.recv_size)
         except socket.timeout as exc:
             raise TimeoutError("client timed out") from exc
-        except ConnectionError:
+        except (ConnectionError, ssl.SSLError):
             chunk = b""
         if not chunk:
             self._eof = True
@@ -81,12 +88,19 @@ class LineIO:
             self._pos = 0
 
     def pending(self):
-        """Bytes already received but not yet read."""
-        return len(self._buffer) - self._pos
+        """Bytes already received but not yet read (decrypted bytes the TLS
+        layer holds included)."""
+        waiting = len(self._buffer) - self._pos
+        if isinstance(self.sock, ssl.SSLSocket):
+            try:
+                waiting += self.sock.pending()
+            except (OSError, ValueError):
+                pass
+        return waiting
 
     def discard_pending(self):
         """Drop buffered input; returns how many bytes were dropped."""
-        dropped = self.pending()
+        dropped = len(self._buffer) - self._pos
         self._buffer = bytearray()
         self._pos = 0
         return dropped
@@ -102,12 +116,25 @@ class LineIO:
         """Send all of ``data``; raises OSError when the client is gone."""
         self.sock.sendall(data)
 
-    def start_tls(self, context, **kwargs):
-        """Discard plaintext, then wrap the socket in TLS (server side)."""
+    def start_tls(self, context, timeout=None):
+        """Discard buffered plaintext, wrap the socket in TLS (server side) and
+        complete the handshake within ``timeout`` seconds (default: the read
+        timeout). Returns the ``ssl.SSLSocket``; raises ``ssl.SSLError`` or
+        ``OSError`` (``TimeoutError``) after closing it when the handshake
+        fails."""
         self.discard_pending()
-        self.sock = context.wrap_socket(self.sock, server_side=True, **kwargs)
-        self.sock.settimeout(self.timeout)
-        return self.sock
+        self._eof = False
+        tls = context.wrap_socket(self.sock, server_side=True,
+                                  do_handshake_on_connect=False)
+        self.sock = tls
+        tls.settimeout(self.timeout if timeout is None else timeout)
+        try:
+            tls.do_handshake()
+        except (OSError, ValueError):
+            tls.close()
+            raise
+        tls.settimeout(self.timeout)
+        return tls
 
     def close(self):
         try:

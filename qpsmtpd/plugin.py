@@ -23,7 +23,8 @@ Shared conventions implemented once here (§9.3–§9.6 of the reference):
 ``reject``/``reject_type`` via ``get_reject``; ``is_immune``;
 ``is_naughty``; ``store_deferred_reject``; ``adjust_karma``;
 ``store_auth_results``; one summary line per decision via ``log_pass``,
-``log_fail``, ``log_skip``, ``log_error``.
+``log_fail``, ``log_skip``, ``log_error``; DNS lookups through the shared
+resolver with a per-connection cache (``resolve_a`` ..., §9.3).
 """
 
 import ipaddress
@@ -182,6 +183,54 @@ class Plugin:
     def resolver(self):
         """The process's shared DNS resolver (``qpsmtpd.dns``)."""
         return self.app.resolver
+
+    # -- DNS (qpsmtpd.dns) -------------------------------------------------
+    #
+    # Each returns a ``qpsmtpd.dns.Answer``: a list of the records as text,
+    # with ``status`` NOERROR/NODATA/NXDOMAIN/TEMPFAIL and ``temporary``.
+    # They never raise. Answers are cached per connection (``session`` may
+    # be None: no cache). Lookups take ``self.dns_timeout`` seconds at most
+    # when a plugin sets it (from its ``timeout`` argument), else
+    # ``config/dns_timeout``. qpsmtpd.dns (and dnspython with it) is only
+    # imported by the first lookup, so sites without DNS plugins skip it.
+
+    dns_timeout = None
+
+    def resolve(self, session, name, rdtype="A"):
+        return self.resolver.lookup(name, rdtype, _dns_cache(session), self.dns_timeout)
+
+    def resolve_many(self, session, queries):
+        """``[(name, type), ...]`` looked up at once: one timeout for all."""
+        return self.resolver.lookup_many(queries, _dns_cache(session), self.dns_timeout)
+
+    def resolve_later(self, session, queries):
+        """Start ``queries`` in the background; ``.wait()`` on the result
+        gives the answers (at most one timeout after the start)."""
+        return self.resolver.start(queries, _dns_cache(session), self.dns_timeout)
+
+    def resolve_a(self, session, name):
+        return self.resolve(session, name, "A")
+
+    def resolve_aaaa(self, session, name):
+        return self.resolve(session, name, "AAAA")
+
+    def resolve_mx(self, session, name):
+        """Exchange names, lowest preference first (``.`` is a null MX)."""
+        return self.resolve(session, name, "MX")
+
+    def resolve_ns(self, session, name):
+        return self.resolve(session, name, "NS")
+
+    def resolve_txt(self, session, name):
+        """One text per TXT record, its strings joined without separator."""
+        return self.resolve(session, name, "TXT")
+
+    def resolve_ptr(self, session, ip_or_name):
+        """PTR names of an IP address (or of a name like ``...in-addr.arpa``)."""
+        from .dns import ip_address, ptr_name
+        address = ip_address(ip_or_name)
+        name = ptr_name(address) if address is not None else ip_or_name
+        return self.resolve(session, name, "PTR")
 
     # -- reject / reject_type (§9.5) ---------------------------------------
 
@@ -376,6 +425,11 @@ def reject_type_code(reject_type, default=DENY):
         "disconnect": DENY_DISCONNECT,
         "temp_disconnect": DENYSOFT_DISCONNECT,
     }.get(str(reject_type).lower(), default)
+
+
+def _dns_cache(session):
+    from .dns import connection_cache
+    return connection_cache(getattr(session, "connection", None))
 
 
 def _summary(verdict, detail):

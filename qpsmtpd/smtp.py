@@ -30,7 +30,7 @@ import re
 import time
 import traceback
 
-from . import __version__
+from . import __version__, auth
 from .address import Address
 from .command import CommandSyntaxError, parse_path
 from .constants import (
@@ -342,6 +342,13 @@ class SMTP:
         if self._esc_enabled:
             capabilities.append("ENHANCEDSTATUSCODES")
         capabilities.extend(self.transaction.notes.get("capabilities") or ())
+        mechanisms = auth.mechanisms(self.app.dispatcher)
+        if mechanisms:
+            # AUTH is a command from here on; while STARTTLS must come first
+            # it is withheld from the list and answered 503.
+            self.known_verbs.add("auth")
+            if not auth.tls_required(self):
+                capabilities.append("AUTH " + " ".join(mechanisms))
         return capabilities
 
     # -- MAIL --------------------------------------------------------------------
@@ -621,6 +628,7 @@ class SMTP:
         transaction.header = header
         transaction.header_size = header_size
         transaction.body_start = header_size
+        transaction.data_size = header_size  # so far; final after the dot
         result = self.run_hooks("data_headers_end")
         if result.crashed:
             self.plugin_failed = True
@@ -747,6 +755,12 @@ class SMTP:
             header.fields.append(["Original-Authentication-Results", raw])
         self.log(LOGDEBUG, "Authentication-Results moved to "
                            "Original-Authentication-Results")
+
+    # -- AUTH ------------------------------------------------------------------------
+
+    def smtp_auth(self, rest):
+        """RFC 4954 AUTH; see ``qpsmtpd.auth``."""
+        auth.smtp_auth(self, rest)
 
     # -- the small verbs -------------------------------------------------------------
 
