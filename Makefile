@@ -18,7 +18,7 @@ DEB_BINS := /usr/bin/tcpserver /usr/bin/multilog /usr/games/fortune \
            /usr/bin/redis-server /usr/sbin/spamd /usr/sbin/clamd /usr/bin/clamdscan /usr/bin/swaks \
            /usr/sbin/opendkim-testmsg /usr/sbin/p0f /usr/bin/openssl /usr/sbin/slapd
 
-.PHONY: run test debs clean hooks
+.PHONY: run test debs clean hooks tls-cert
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ debs:
 
 test: $(STAMP) debs
 	$(PY) -m pytest -q
+
+# A private CA and a server certificate for the sample config (tls plugin);
+# config/ssl is where the tls plugin looks with --config-dir ./config.
+tls-cert:
+	$(PYTHON) plugins/tls_cert --dir config/ssl --alt-name $(HOST)
 
 hooks: $(STAMP)
 	$(VENV)/bin/qpsmtpd --config-dir ./config --hooks
