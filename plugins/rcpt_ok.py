@@ -19,12 +19,31 @@ is neither postmaster nor abuse is refused too.
 This plugin decides for every recipient, so it must be the last rcpt
 plugin in ``config/plugins``. No arguments.
 
-Difference from qpsmtpd: the original let every *immune* session send to
-any domain, and immunity includes a whitelisted sender (which any client
-can claim) and hosts in DNS allowlists (``dns_whitelist_soft``) - an open
-relay for anyone who forges a whitelisted address. Here only relay clients
-may send to domains we do not handle; whitelisted hosts and senders still
-skip the other checks, but not this one.
+Differences from qpsmtpd:
+
+* the original let every *immune* session send to any domain, and
+  immunity includes a whitelisted sender (which any client can claim) and
+  hosts in DNS allowlists (``dns_whitelist_soft``) - an open relay for
+  anyone who forges a whitelisted address. Here only relay clients may send
+  to domains we do not handle; whitelisted hosts and senders still skip the
+  other checks, but not this one;
+* the address parser accepts any single character between domain labels
+  (a compatibility quirk), so ``user@victim.example>x.example.org`` or
+  ``user@victim.example%x.example.org`` has a "domain" that ends in
+  ``.example.org``; the original accepted those through a ``.example.org``
+  entry and handed them on, where the system behind the queue may read them
+  as mail for ``victim.example``. Here a ``.suffix`` entry only matches a
+  plain host name (letters, digits, hyphens, dots);
+* domains are compared in ASCII: a domain holding any other character is
+  never ours. (Python's ``lower()`` turns the Kelvin sign, U+212A, into
+  ``k``, so ``parkway.example`` spelt with it would otherwise match; the
+  original compared bytes and did not match it either.)
+
+A recipient accepted here is handed to the queue exactly as given, local
+part included: ``user%victim.example@example.org`` and
+``"user@victim.example"@example.org`` are mail for ``example.org``; whether
+the system behind the queue routes on ``%`` or ``!`` in a local part is its
+own configuration.
 
 Log lines (LOGINFO): ``pass, <host> in rcpthosts``, ``pass, <host> in
 rcpthosts as <.entry>``, ``pass, <host> found in morercpthosts``,
@@ -35,10 +54,16 @@ Example ``config/plugins`` line (the last of the rcpt plugins)::
   rcpt_ok
 """
 
+import re
+
 from qpsmtpd.constants import DENY, OK
 from qpsmtpd.plugin import Plugin
 
 RELAYING_DENIED = "Relaying denied (#5.7.1)"
+
+# A host name a ".suffix" entry may match: dot-separated labels.
+_PLAIN_HOST = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
+                         r"(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*\Z")
 
 
 class RcptOk(Plugin):
@@ -55,10 +80,13 @@ class RcptOk(Plugin):
         return DENY, RELAYING_DENIED
 
     def get_rcpt_host(self, recipient):
-        """The recipient's domain in lower case; ``me`` for bare postmaster/abuse."""
+        """The recipient's domain in lower case; ``me`` for bare postmaster/abuse;
+        None when there is none, or it is not ASCII."""
         if recipient is None:
             return None
         if recipient.host:
+            if not recipient.host.isascii():
+                return None
             return recipient.host.lower()
         if (recipient.user or "").lower() in ("postmaster", "abuse"):
             return (self.config("me") or "").lower()
@@ -73,7 +101,8 @@ class RcptOk(Plugin):
             if host == allowed:
                 self.log_pass(f"{host} in rcpthosts")
                 return True
-            if allowed.startswith(".") and host.endswith(allowed):
+            if allowed.startswith(".") and host.endswith(allowed) \
+                    and _PLAIN_HOST.match(host):
                 self.log_pass(f"{host} in rcpthosts as {allowed}")
                 return True
         return False

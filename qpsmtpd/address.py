@@ -122,6 +122,11 @@ def _grammar():
                     domain_expr, qtext_expr, text_expr)
 
 
+# Compiled at import, in the daemon's parent: a forked worker inherits the
+# patterns instead of compiling them again for every connection.
+_grammar()
+
+
 def canonify(path):
     """Split an angle-bracketed RFC 5321 path into local part and domain.
 

@@ -15,10 +15,21 @@ whitespace is an error; nothing left is the null sender for MAIL and an
 error for RCPT.
 """
 
+import functools
 import re
 
 _PARAMETER = re.compile(r"\s+([A-Za-z0-9][A-Za-z0-9-]*(?:=[^=\s\x00-\x1f\x7f]+)?)\Z")
 _AT_THEN_SPACE = re.compile(r"@.*\s")
+
+
+@functools.lru_cache(maxsize=8)
+def _keyword(keyword):
+    return re.compile(re.escape(keyword) + r":\s*", re.IGNORECASE)
+
+
+# Compiled at import, so forked workers inherit them.
+_keyword("from")
+_keyword("to")
 
 
 class CommandSyntaxError(ValueError):
@@ -27,7 +38,7 @@ class CommandSyntaxError(ValueError):
 
 def parse_path(keyword, rest):
     """Split ``FROM:<path> params`` / ``TO:<path> params``."""
-    match = re.match(re.escape(keyword) + r":\s*", rest, re.IGNORECASE)
+    match = _keyword(keyword).match(rest)
     if match is None:
         raise CommandSyntaxError("Syntax error in command")
     text = rest[match.end():].rstrip()
