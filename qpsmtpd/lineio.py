@@ -136,9 +136,21 @@ class LineIO:
         tls.settimeout(self.timeout)
         return tls
 
-    def close(self):
+    def close(self, linger=0.5):
+        """Close after sending everything; input still arriving is read and
+        dropped for up to ``linger`` seconds (at most 64 KiB), because
+        closing with unread input makes the kernel reset the connection and
+        the client may lose our last reply (a 421 or 5xx it pipelined past)."""
+        sock = self.sock
         try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(linger)
+            dropped = 0
+            while dropped < 65536:
+                chunk = sock.recv(16384)
+                if not chunk:
+                    break
+                dropped += len(chunk)
+        except (OSError, ValueError):
             pass
-        self.sock.close()
+        sock.close()

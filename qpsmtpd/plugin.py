@@ -339,6 +339,17 @@ class Plugin:
             session.connection.auth_results.append(text)
         self.log(LOGDEBUG, f"auth-results: {text}")
 
+    # -- shared state ------------------------------------------------------
+
+    def open_store(self, name, redis=None):
+        """This plugin's view of the shared state store (``qpsmtpd.store``):
+        the ``store`` URL argument, else ``db_dir``, else a legacy ``redis``
+        ``host:port``, else ``config/store``, else ``var/db/qpsmtpd.sqlite``."""
+        from .store import open_store, resolve_url
+        url = resolve_url(self.args.get("store"), self.args.get("db_dir"), redis,
+                          site_url=self.config("store"))
+        return open_store(url, name, log=lambda text: self.log(LOGINFO, text))
+
     # -- files -------------------------------------------------------------
 
     def spool_dir(self):
