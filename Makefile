@@ -11,9 +11,11 @@ PORT    ?= 2525
 # Debian packages the tests drive for real: tcpserver (ucspi-tcp),
 # supervise/multilog (daemontools), fortune (quit_fortune), redis-server
 # (shared state), spamd, clamd, swaks and openssl (TLS/AUTH clients),
-# opendkim-testmsg (an independent DKIM verifier), p0f, slapd (LDAP AUTH).
+# opendkim-testmsg and Mail::DKIM (independent DKIM verifiers), p0f,
+# slapd (LDAP AUTH).
 DEBS    := ucspi-tcp daemontools fortune-mod redis-server spamd spamassassin \
-           clamav-daemon clamdscan clamav swaks opendkim-tools p0f openssl slapd ldap-utils
+           clamav-daemon clamdscan clamav swaks opendkim-tools \
+           libmail-dkim-perl libnet-dns-perl p0f openssl slapd ldap-utils
 DEB_BINS := /usr/bin/tcpserver /usr/bin/multilog /usr/games/fortune \
            /usr/bin/redis-server /usr/sbin/spamd /usr/sbin/clamd /usr/bin/clamdscan /usr/bin/swaks \
            /usr/sbin/opendkim-testmsg /usr/sbin/p0f /usr/bin/openssl /usr/sbin/slapd
