@@ -19,6 +19,22 @@ pytestmark = pytest.mark.skipif(
     not SVSCAN, reason="daemontools not installed; `make test` installs it as root")
 
 
+THREADED = '''"""threaded - test plugin: a worker that starts a thread (as plugins
+with helpers and the hook deadline do) must work under run's softlimit."""
+import threading
+from qpsmtpd.plugin import Plugin
+
+
+class Threaded(Plugin):
+    def hook_connect(self, session):
+        done = []
+        helper = threading.Thread(target=done.append, args=(1,))
+        helper.start()
+        helper.join()
+        self.log_pass(f"a thread ran: {done == [1]}")
+'''
+
+
 class Service:
     """A service directory laid out like an install: run, log/run, config,
     env/, with the program files linked from this tree."""
@@ -35,10 +51,13 @@ class Service:
             os.symlink(os.path.join(ROOT, ".venv"), self.dir / ".venv")
         self.port = free_port()
         self.maildir = base / "maildir"
+        # ./plugins of the service directory is searched first, as installed
+        (self.dir / "plugins").mkdir()
+        (self.dir / "plugins" / "threaded.py").write_text(THREADED)
         write_config(str(self.dir / "config"), {
             "me": "mx.example.org", "rcpthosts": "example.test", "loglevel": "6",
             "spool_dir": str(base / "spool") + "/",
-            "plugins": ["relay", "rcpt_ok", f"queue/maildir {self.maildir}"]})
+            "plugins": ["threaded", "relay", "rcpt_ok", f"queue/maildir {self.maildir}"]})
         write_config(str(self.dir / "env"), {
             "QPSMTPD_LISTEN": "127.0.0.1", "QPSMTPD_PORTS": str(self.port),
             "QPSMTPD_USER": "\n", "QPSMTPD_ARGS": "--grace-period 20",
@@ -101,6 +120,7 @@ def test_supervised_daemon_logs_to_multilog(up):
                for line in lines)
     assert all(line.startswith("@4000") for line in lines)
     assert any("Running as user" in line for line in lines)
+    assert "(connect) threaded: pass, a thread ran: True" in up.log()
 
 
 def test_each_line_reaches_the_log_while_the_session_runs(up):
