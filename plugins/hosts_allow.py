@@ -9,7 +9,10 @@ socket, before a worker is forked. It does nothing under tcpserver/inetd
    set the connection note ``karma_history``, a client with history > 5
    may open 3 more; one with history <= 0 only 1. Counting this
    connection, a client above its limit gets
-   ``451 too many connections from <ip>, try again later``.
+   ``451 too many connections from <ip>, try again later``. The
+   forkserver itself already refuses clients over ``-m`` with a 421
+   before any plugin runs, so in practice this check only bites when
+   karma lowers a client's limit.
 2. ``config/hosts_allow``: lines ``ip[/bits] CONSTANT [message]``, IPv4 or
    IPv6; the first line whose network holds the client decides. CONSTANT
    is a return-code name: ``DENY`` / ``DENY_DISCONNECT`` answer
