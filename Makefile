@@ -1,6 +1,7 @@
 # qpsmtpd for Python — set-up, run, test.
 #   make run    the daemon on 127.0.0.1:2525 with ./config, mail into ./maildir
 #   make test   the test suite (installs what it needs first)
+#   make fuzz   coverage-guided fuzzing, FUZZ_TIME seconds per target
 
 PYTHON  ?= python3
 VENV    ?= .venv
@@ -8,6 +9,8 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 HOST    ?= 127.0.0.1
 PORT    ?= 2525
+FUZZ_TIME ?= 60
+FUZZ_STAMP := $(VENV)/.fuzz-installed
 # Debian packages the tests drive for real: tcpserver (ucspi-tcp),
 # supervise/multilog (daemontools), fortune (quit_fortune), redis-server
 # (shared state), spamd, clamd, swaks and openssl (TLS/AUTH clients),
@@ -20,7 +23,7 @@ DEB_BINS := /usr/bin/tcpserver /usr/bin/multilog /usr/games/fortune \
            /usr/bin/redis-server /usr/sbin/spamd /usr/sbin/clamd /usr/bin/clamdscan /usr/bin/swaks \
            /usr/sbin/opendkim-testmsg /usr/sbin/p0f /usr/bin/openssl /usr/sbin/slapd
 
-.PHONY: run test debs clean hooks tls-cert
+.PHONY: run test debs clean hooks tls-cert fuzz
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,8 +54,16 @@ test: $(STAMP) debs
 tls-cert:
 	$(PYTHON) plugins/tls_cert --dir config/ssl --alt-name $(HOST)
 
+$(FUZZ_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,fuzz]'
+	touch $(FUZZ_STAMP)
+
+# atheris on the parsers, the session and the DATA reader; fails on any crash.
+fuzz: $(FUZZ_STAMP)
+	$(PY) fuzz/run.py --time $(FUZZ_TIME)
+
 hooks: $(STAMP)
 	$(VENV)/bin/qpsmtpd --config-dir ./config --hooks
 
 clean:
-	rm -rf $(VENV) maildir tmp *.egg-info .pytest_cache
+	rm -rf $(VENV) maildir tmp *.egg-info .pytest_cache .hypothesis

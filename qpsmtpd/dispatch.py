@@ -18,14 +18,23 @@ purpose:
   the client gets a temporary failure — never a silent accept. For hooks
   that send no reply (``disconnect``, ``reset_transaction``, ...) the
   remaining plugins still run;
-* a value that is not exactly one of the codes is logged and treated as
-  ``DECLINED`` even when it comes from the last plugin.
+* a value that is not exactly one of the codes (``123456``, a string,
+  ``True``) is a broken plugin too: it is logged (``Plugin <name>, hook
+  <hook> returned <value>``) and handled like a crash, ``DENYSOFT`` with
+  ``crashed`` set. ``None`` (and ``(None, ...)``, logged as ``undef``)
+  still means ``DECLINED``;
+* each callback has a deadline, ``config/hook_timeout`` seconds (default
+  300, 0: none), when the session sets ``hook_timeout`` (``SMTP`` does;
+  ``pre-connection`` in the forkserver's parent has none). See
+  ``HookWatchdog``.
 """
 
 import importlib
 import importlib.util
 import os
 import sys
+import threading
+import time
 import traceback
 from typing import NamedTuple
 
@@ -66,6 +75,102 @@ class HookResult(NamedTuple):
 
 
 DECLINED_RESULT = HookResult(DECLINED)
+
+DEFAULT_HOOK_TIMEOUT = 300
+
+
+class _Ticket:
+    """One callback being watched."""
+
+    __slots__ = ("deadline", "session", "plugin", "hook", "timeout", "fired")
+
+    def __init__(self, deadline, session, plugin, hook, timeout):
+        self.deadline = deadline
+        self.session = session
+        self.plugin = plugin
+        self.hook = hook
+        self.timeout = timeout
+        self.fired = False
+
+
+class HookWatchdog:
+    """Deadlines for hook callbacks, enforced without interrupting them.
+
+    The callback runs in the session's own thread, as it always does; before
+    it starts ``arm`` puts a ticket (its deadline) in a dict keyed by the
+    thread, afterwards ``disarm`` takes it out again: no thread switch and
+    no system call per callback. One watchdog thread per process (started
+    at the first ``arm``, again in a forked child) looks at the tickets
+    every ``interval`` seconds (at most 1, at most a quarter of the
+    shortest timeout seen). For a ticket past its deadline it calls
+    ``session.hook_deadline_passed(plugin_name, hook, timeout)``, once.
+    ``SMTP`` answers ``451``, drops the spooled message, shuts the socket
+    down and, when the session owns the process (forkserver worker,
+    per-connection program), ends the process; a session running in a
+    thread of a bigger program is abandoned instead, and its thread stays
+    blocked until the callback returns (Python cannot stop a thread).
+
+    Nothing is raised inside the plugin. A nested ``run_hooks`` (a hook that
+    runs another hook) is covered by the outer callback's deadline.
+    """
+
+    def __init__(self):
+        self.armed = {}
+        self.interval = 1.0
+        self._running = False
+        self._lock = threading.Lock()
+
+    def arm(self, session, plugin_name, hook, timeout):
+        """Start the clock for one callback; None when the thread is
+        already being watched (nested hook)."""
+        ident = threading.get_ident()
+        if ident in self.armed:
+            return None
+        if not self._running:
+            self._start()
+        if timeout < self.interval * 4:
+            self.interval = max(0.02, timeout / 4)
+        ticket = _Ticket(time.monotonic() + timeout, session, plugin_name, hook, timeout)
+        self.armed[ident] = ticket
+        return ticket
+
+    def disarm(self):
+        self.armed.pop(threading.get_ident(), None)
+
+    def _start(self):
+        with self._lock:
+            if self._running:
+                return
+            thread = threading.Thread(target=self._watch, name="hook-watchdog",
+                                      daemon=True)
+            thread.start()
+            self._running = True
+
+    def _after_fork(self):
+        # Only the forking thread survives a fork: the child needs its own.
+        self._running = False
+        self._lock = threading.Lock()
+        self.armed = {}
+
+    def _watch(self):
+        while True:
+            time.sleep(self.interval)
+            now = time.monotonic()
+            for ticket in list(self.armed.values()):
+                if ticket.fired or ticket.deadline > now:
+                    continue
+                ticket.fired = True
+                handler = getattr(ticket.session, "hook_deadline_passed", None)
+                if handler is None:
+                    continue
+                try:
+                    handler(ticket.plugin, ticket.hook, ticket.timeout)
+                except BaseException as exc:   # the watchdog must survive
+                    write_stderr(f"{os.getpid()} hook watchdog failed: {exc!r}")
+
+
+WATCHDOG = HookWatchdog()
+os.register_at_fork(after_in_child=WATCHDOG._after_fork)
 
 
 class Dispatcher:
@@ -170,20 +275,34 @@ class Dispatcher:
             self.hooks["deny"] or self.hooks["ok"])
         crashed = False
         last_declined = ((), None, ())
+        timeout = getattr(session, "hook_timeout", 0)
+        watchdog = WATCHDOG if timeout else None
         previous_hook = set_current_hook(hook)
         try:
             for plugin, method in callbacks:
                 if trace:
                     log(LOGDEBUG, plugin.name, hook=hook, plugin="running plugin")
+                ticket = watchdog and watchdog.arm(session, plugin.name, hook, timeout)
                 try:
                     raw = method(session, *args)
                 except Exception as exc:
                     crashed = True
                     self._log_crash(plugin, hook, exc)
+                    if hook in _CONTINUE_AFTER_CRASH and not (ticket and ticket.fired):
+                        continue
+                    return HookResult(DENYSOFT, (INTERNAL_ERROR,), plugin.name, True)
+                finally:
+                    if ticket:
+                        watchdog.disarm()
+                if ticket and ticket.fired:
+                    # Too late: the session has been answered and ended.
+                    return HookResult(DENYSOFT, (INTERNAL_ERROR,), plugin.name, True)
+                code, messages, values = self._normalise(plugin, hook, raw)
+                if code is None:
+                    crashed = True
                     if hook in _CONTINUE_AFTER_CRASH:
                         continue
                     return HookResult(DENYSOFT, (INTERNAL_ERROR,), plugin.name, True)
-                code, messages, values = self._normalise(plugin, hook, raw)
                 if trace:
                     log(LOGDEBUG, f"Plugin {plugin.name}, hook {hook} returned "
                         f"{code.name}, {messages[0] if messages else ''}")
@@ -227,7 +346,7 @@ class Dispatcher:
                     code, values = raw, ()
                 if code is None:
                     continue
-                if code not in _VALID_CODES:
+                if isinstance(code, (list, dict, set)) or code not in _VALID_CODES:
                     continue
                 if code != DECLINED:
                     return Code(code), values
@@ -271,9 +390,14 @@ class Dispatcher:
         if code is None:
             self.app.log(LOGERROR, f"Plugin {plugin.name}, hook {hook} returned undef!")
             return DECLINED, (), ()
-        if code not in _VALID_CODES or isinstance(code, bool):
+        try:
+            valid = code in _VALID_CODES and not isinstance(code, bool)
+        except TypeError:   # unhashable
+            valid = False
+        if not valid:
+            # A broken plugin: like a crash, never a silent pass.
             self.app.log(LOGERROR, f"Plugin {plugin.name}, hook {hook} returned {code!r}")
-            return DECLINED, (), ()
+            return None, (), ()
         if hook in _PARSE_HOOKS:
             return Code(code), (), rest
         messages = []

@@ -24,7 +24,21 @@ class Header:
     """An ordered, mutable list of header fields."""
 
     def __init__(self):
-        self.fields = []  # [name, raw_value]; raw_value keeps folding
+        self._fields = []  # [name, raw_value]; raw_value keeps folding
+        self._folds = []   # continuation lines of the last field, not yet joined
+
+    @property
+    def fields(self):
+        """The ``[name, raw_value]`` list (joining pending folded lines)."""
+        if self._folds:
+            self._fields[-1][1] += "".join(self._folds)
+            self._folds = []
+        return self._fields
+
+    @fields.setter
+    def fields(self, value):
+        self._folds = []
+        self._fields = value
 
     @classmethod
     def parse(cls, text):
@@ -40,9 +54,10 @@ class Header:
         """Add one line (without its newline). Returns False when the line
         is not part of a header block, so the caller treats it as body."""
         if line[:1] in (" ", "\t"):
-            if not self.fields:
+            if not self._fields:
                 return False
-            self.fields[-1][1] += "\n" + line
+            # joined later: += on a growing field would be quadratic
+            self._folds.append("\n" + line)
             return True
         match = _FIELD.match(line)
         if match is None:

@@ -16,6 +16,39 @@ plugin does. The shape follows RFC 5321 and qpsmtpd's ``Qpsmtpd::SMTP``:
   command can follow;
 * ``250`` after DATA is sent only when a queue plugin said ``OK``.
 
+Limits, each read from its config file once per session (0 turns off the
+ones marked *):
+
+==========================  ========  ==========================================
+file                        default   over it
+==========================  ========  ==========================================
+max_line_length             4096      ``500 5.5.2 Line too long`` (command lines;
+                                      values under 512 count as 512)
+max_data_line_length *      0         ``554 5.6.0`` after the final dot, nothing
+                                      queued (bytes per message line, CR LF not
+                                      counted; RFC 5321 says 998)
+max_recipients *            1000      ``452 4.5.3 Too many recipients``
+max_transactions *          100       ``421 4.7.0`` at the next MAIL, then close
+                                      (MAIL commands answered 250 per session)
+max_errors *                20        ``421 4.7.0 Too many errors`` and close
+                                      (replies 500-504 and 555 per session)
+max_session_time *          3600      ``421 4.4.2`` and close, even mid-DATA
+                                      (seconds from the connect)
+max_helo_length *           255       ``501 5.5.2`` (HELO/EHLO argument)
+max_path_length *           256       ``501 5.1.7``/``5.1.3`` (MAIL/RCPT path
+                                      with its angle brackets, RFC 5321
+                                      4.5.3.1.3)
+hook_timeout *              300       ``451 4.3.0``, then close (seconds per
+                                      plugin callback; ``dispatch.HookWatchdog``)
+databytes *                 0         ``552 5.3.4`` (at MAIL for ``SIZE=``, after
+                                      the final dot otherwise)
+timeoutsmtpd, timeout       1200      ``421 4.4.2 Connection Timed Out``
+==========================  ========  ==========================================
+
+A spool that cannot be written answers after the final dot: ``452 4.3.1``
+when the disk is full (ENOSPC, EDQUOT), ``451 4.3.0`` otherwise; the
+partial file is removed either way.
+
 Plugins see this object as ``session``: ``connection``, ``transaction``,
 ``config(name)``, ``config_list(name)``, ``respond(code, *lines)``,
 ``reset_transaction()``, ``disconnect()``, ``io`` (the ``LineIO``),
@@ -26,7 +59,11 @@ Replies carry RFC 3463 enhanced status codes once the client has said EHLO
 a plugin message ending in ``(#5.7.1)`` gives its own code.
 """
 
+import errno
+import os
 import re
+import socket
+import threading
 import time
 import traceback
 
@@ -35,8 +72,8 @@ from .address import Address
 from .command import CommandSyntaxError, parse_path
 from .constants import (
     DECLINED, DENY, DENY_DISCONNECT, DENYSOFT, DENYSOFT_DISCONNECT, DONE,
-    LOGALERT, LOGDEBUG, LOGERROR, LOGINFO, LOGNOTICE, OK)
-from .dispatch import INTERNAL_ERROR
+    LOGALERT, LOGCRIT, LOGDEBUG, LOGERROR, LOGINFO, LOGNOTICE, LOGWARN, OK)
+from .dispatch import DEFAULT_HOOK_TIMEOUT, INTERNAL_ERROR
 from .header import Header
 from .transaction import Transaction
 
@@ -54,6 +91,17 @@ _DKIM_H_TAG = re.compile(r"(?:^|;)\s*h\s*=\s*([^;]*)", re.I)
 COMMAND_LINE_LIMIT = 4096   # RFC 5321 4.5.3.1.4 asks for 512; be generous
 DATA_PIECE_LIMIT = 65536    # longer DATA lines are streamed in pieces
 DEFAULT_MAX_RECIPIENTS = 1000
+DEFAULT_MAX_TRANSACTIONS = 100
+DEFAULT_MAX_ERRORS = 20          # Postfix's smtpd_hard_error_limit
+DEFAULT_MAX_SESSION_TIME = 3600
+DEFAULT_MAX_HEADER_SIZE = 102400  # Postfix's header_size_limit; the rest is body
+MAX_HELO_LENGTH = 255            # RFC 5321 4.5.3.1.2: a domain
+MAX_PATH_LENGTH = 256            # RFC 5321 4.5.3.1.3: a path, <> included
+MIN_LINE_LENGTH = 512            # RFC 5321 4.5.3.1.4
+# Replies that count as a client error for max_errors: unknown command,
+# syntax, sequence, parameter.
+ERROR_CODES = frozenset((500, 501, 502, 503, 504, 555))
+DISK_FULL = frozenset((errno.ENOSPC, errno.EDQUOT))
 
 
 class SMTP:
@@ -71,6 +119,38 @@ class SMTP:
         self.known_verbs = set(KNOWN_VERBS)
         self._esc_enabled = app.config.get_bool("enhancedstatuscodes", True)
         self.plugin_failed = False
+        self.read_limits(app.config)
+        self.errors = 0
+        self.transactions = 0
+        self.session_deadline = (time.monotonic() + self.max_session_time
+                                 if self.max_session_time else None)
+        # Set by the hook watchdog once a plugin overran hook_timeout.
+        self.hook_timed_out = False
+        # None: end the process on a hook timeout when the session runs in
+        # the process's main thread (forkserver worker, tcpserver); a
+        # program serving sessions in its main thread may set False.
+        self.exit_on_hook_timeout = None
+        self._thread = None
+
+    def read_limits(self, config):
+        """The session's limits from their config files (module docstring)."""
+        def number(name, default):
+            value = config.get_int(name, default)
+            if value < 0:
+                self.log(LOGWARN, f"config: {name}: ignoring negative value {value}, "
+                                  f"using {default}")
+                return default
+            return value
+        line = number("max_line_length", 0)
+        self.max_line_length = max(line, MIN_LINE_LENGTH) if line else COMMAND_LINE_LIMIT
+        self.max_data_line_length = number("max_data_line_length", 0)
+        self.max_transactions = number("max_transactions", DEFAULT_MAX_TRANSACTIONS)
+        self.max_errors = number("max_errors", DEFAULT_MAX_ERRORS)
+        self.max_session_time = number("max_session_time", DEFAULT_MAX_SESSION_TIME)
+        self.max_helo_length = number("max_helo_length", MAX_HELO_LENGTH)
+        self.max_path_length = number("max_path_length", MAX_PATH_LENGTH)
+        self.hook_timeout = number("hook_timeout", DEFAULT_HOOK_TIMEOUT)
+        self.max_header_size = number("max_header_size", DEFAULT_MAX_HEADER_SIZE)
 
     # -- helpers for plugins --------------------------------------------------
 
@@ -107,6 +187,7 @@ class SMTP:
         """Serve the client until QUIT, a disconnect verdict, EOF or timeout."""
         connection = self.connection
         self.log.bind_session(self)
+        self._thread = threading.current_thread()
         self.log(LOGNOTICE, f"Connection from {connection.remote_info} "
                             f"[{connection.remote_ip}]")
         try:
@@ -150,11 +231,20 @@ class SMTP:
     def command_loop(self):
         config = self.app.config
         io = self.io
+        limit = self.max_line_length
         while not self.disconnected:
-            io.set_timeout(config.command_timeout())
-            raw = io.read_line(COMMAND_LINE_LIMIT)
+            if self.max_errors and self.errors >= self.max_errors:
+                return self.too_many_errors()
+            timeout = config.command_timeout()
+            if self.session_deadline is not None:
+                remaining = self.session_deadline - time.monotonic()
+                if remaining <= 0:
+                    return self.session_expired()
+                timeout = min(timeout, remaining)
+            io.set_timeout(timeout)
+            raw = io.read_line(limit)
             if not raw.endswith(b"\n"):
-                if len(raw) < COMMAND_LINE_LIMIT:
+                if len(raw) < limit:
                     self.client_eof()
                     return
                 self._skip_rest_of_line()
@@ -164,11 +254,32 @@ class SMTP:
             if b"\0" in line:
                 self.respond(500, "Syntax error: NUL character in command", esc="5.5.2")
                 continue
+            if b"\r" in line:
+                # RFC 5321 2.3.8: CR only before LF; a bare CR could split
+                # one command into two in some other MTA's eyes.
+                self.respond(500, "Syntax error: bare <CR> in command", esc="5.5.2")
+                continue
             self.dispatch(line.decode("utf-8", "surrogateescape"))
+
+    def too_many_errors(self):
+        """``max_errors`` replies 500-504/555 in this session: 421 and close."""
+        self.log(LOGINFO, f"too many errors ({self.errors}, max_errors "
+                          f"{self.max_errors}): closing the connection")
+        self.respond(421, "Too many errors, closing connection", esc="4.7.0")
+        self.disconnect()
+
+    def session_expired(self):
+        """``max_session_time`` is over: 421 and close (nothing queued when
+        it happens during DATA)."""
+        self.log(LOGINFO, f"session time limit of {self.max_session_time} s "
+                          "reached: closing the connection")
+        self.respond(421, "Session time limit exceeded, closing connection",
+                     esc="4.4.2")
+        self.disconnect()
 
     def _skip_rest_of_line(self):
         while True:
-            piece = self.io.read_line(COMMAND_LINE_LIMIT)
+            piece = self.io.read_line(self.max_line_length)
             if not piece or piece.endswith(b"\n"):
                 return
 
@@ -211,8 +322,10 @@ class SMTP:
             if line is None or line == "":
                 break
             texts.extend(str(line).replace("\r", "").split("\n"))
-        if not texts:
-            return True
+        if not texts or self.hook_timed_out:
+            return not self.hook_timed_out
+        if code in ERROR_CODES:
+            self.errors += 1
         if self._esc_enabled and esc != "" and self.connection.hello == "ehlo" \
                 and code >= 200 and not 300 <= code < 400:
             texts = [_with_esc(code, text, esc) for text in texts]
@@ -278,12 +391,46 @@ class SMTP:
         The original ran no hooks here; we run ``disconnect`` (and the caller
         ``post-connection``) so plugins that record the session see it end.
         """
-        self.respond(421, "Connection Timed Out", esc="4.4.2")
+        if self.session_deadline is not None and time.monotonic() >= self.session_deadline:
+            self.log(LOGINFO, f"session time limit of {self.max_session_time} s reached")
+            self.respond(421, "Session time limit exceeded, closing connection",
+                         esc="4.4.2")
+        else:
+            self.respond(421, "Connection Timed Out", esc="4.4.2")
         self.log(LOGINFO, "Connection Timed Out")
         self.reset_transaction()
         self.run_hooks("disconnect")
         self.connection.notes["disconnected"] = 1
         self.disconnected = True
+
+    def hook_deadline_passed(self, plugin_name, hook, timeout):
+        """A plugin callback overran ``hook_timeout`` (called from the
+        watchdog thread while the session's thread is still inside it).
+
+        The client gets ``451 4.3.0`` (unless the session already ended),
+        the spooled message is removed, the socket is shut down, and nothing
+        more is sent. A session that owns its process (see
+        ``exit_on_hook_timeout``) ends the process with status 1; otherwise
+        its thread returns once the plugin does.
+        """
+        self.log(LOGCRIT, f"hook_timeout: plugin {plugin_name} did not return from "
+                          f"hook {hook} within {timeout} s; ending the session",
+                 hook=hook)
+        if not self.disconnected:
+            self.respond(451, INTERNAL_ERROR, esc="4.3.0")
+        self.hook_timed_out = True
+        self.disconnected = True
+        if self.transaction.spool is not None:
+            self.transaction.spool.discard()
+        try:
+            self.io.sock.shutdown(socket.SHUT_RDWR)
+        except (OSError, AttributeError):
+            pass
+        exits = self.exit_on_hook_timeout
+        if exits is None:
+            exits = self._thread is threading.main_thread()
+        if exits:
+            os._exit(1)
 
     # -- HELO / EHLO -------------------------------------------------------------
 
@@ -306,6 +453,9 @@ class SMTP:
         if not words:
             return self.respond(501, f"{verb} requires domain/address - see "
                                      "RFC-2821 4.1.1.1", esc="5.5.4")
+        if self.max_helo_length and len(words[0]) > self.max_helo_length:
+            return self.respond(501, f"{verb} argument too long (at most "
+                                     f"{self.max_helo_length} characters)", esc="5.5.2")
         if self.connection.hello:
             # RFC 5321 4.1.4: a later EHLO/HELO resets the session as RSET
             # would (the original refused it with 503).
@@ -359,12 +509,20 @@ class SMTP:
         if self.transaction.sender is not None:
             # RFC 5321 3.3: MAIL inside a transaction is a sequence error.
             return self.respond(503, "Error: nested MAIL command", esc="5.5.1")
+        if self.max_transactions and self.transactions >= self.max_transactions:
+            self.log(LOGINFO, f"max_transactions {self.max_transactions} reached: "
+                              "closing the connection")
+            self.respond(421, "Too many messages in this connection, please "
+                              "reconnect", esc="4.7.0")
+            return self.disconnect()
         self.reset_transaction().started_mail = True
         self.connection.notes["envelope_from"] = rest
         parsed = self._parse_path("mail_parse", "mail", "from", rest)
         if parsed is None:
             return
         path, params = parsed
+        if self._path_too_long(path, "5.1.7"):
+            return
         pre = self.run_hooks("mail_pre", path, params)
         if pre.code == OK and pre.values and pre.values[0] is not None:
             path = str(pre.values[0])
@@ -393,11 +551,20 @@ class SMTP:
         else:
             self.transaction.sender = sender
             self.transaction.mail_params = params
+            self.transactions += 1
             self.respond(250, f"{shown}, sender OK - how exciting to get mail "
                               "from you!", esc="2.1.0")
             return
         if code.disconnects:
             self.disconnect()
+
+    def _path_too_long(self, path, esc):
+        """RFC 5321 4.5.3.1.3; answers 501 when ``path`` is over the limit."""
+        if self.max_path_length and len(path) > self.max_path_length:
+            self.respond(501, f"Path too long (at most {self.max_path_length} "
+                              "characters)", esc=esc)
+            return True
+        return False
 
     def _parse_path(self, hook, verb, keyword, rest):
         """Run the ``*_parse`` hook or the built-in parser; 501 on failure.
@@ -464,6 +631,8 @@ class SMTP:
         if transaction.sender is None:
             return self.respond(503, "Use MAIL before RCPT", esc="5.5.1")
         path, params = parsed
+        if self._path_too_long(path, "5.1.3"):
+            return
         pre = self.run_hooks("rcpt_pre", path, params)
         if pre.code == OK and pre.values and pre.values[0] is not None:
             path = str(pre.values[0])
@@ -541,9 +710,16 @@ class SMTP:
         at_line_start = True
         pending_cr = False
         spool_error = None
+        max_line = self.max_data_line_length
+        line_length = 0
+        line_too_long = False
+        deadline = self.session_deadline
+        monotonic = time.monotonic
         self.plugin_failed = False
         while True:
             piece = read_line(DATA_PIECE_LIMIT)
+            if deadline is not None and monotonic() > deadline:
+                return self.session_expired()
             if not piece:
                 self.log(LOGINFO, "client closed the connection during DATA")
                 self.respond(451, "Incomplete DATA", esc="4.3.0")
@@ -580,7 +756,15 @@ class SMTP:
                 complete = True
             data = content + b"\n" if complete else content
             size += len(data)
-            if too_big or spool_error:
+            if max_line:
+                line_length += len(content)
+                if line_length > max_line and not line_too_long:
+                    line_too_long = True
+                    if transaction.spool is not None:
+                        transaction.spool.discard()
+                if complete:
+                    line_length = 0
+            if too_big or spool_error or line_too_long:
                 continue
             if max_size and size > max_size:
                 too_big = True
@@ -589,7 +773,8 @@ class SMTP:
                 continue
             if in_header:
                 text = content.decode("utf-8", "surrogateescape")
-                if not (complete and text and header.feed(text)):
+                if not (complete and text and size <= self.max_header_size
+                        and header.feed(text)):
                     in_header = False
                     self._headers_end(header, size - len(data))
                     if self.disconnected:
@@ -604,9 +789,27 @@ class SMTP:
                 if transaction.spool is not None:
                     transaction.spool.discard()
         transaction.data_size = size
+        if not (spool_error or too_big or line_too_long) and transaction.spool is not None:
+            try:
+                transaction.spool.flush()
+            except OSError as exc:
+                spool_error = exc
+                self.log(LOGERROR, f"cannot write the message to the spool: {exc}")
+                transaction.spool.discard()
         if spool_error:
-            self.respond(451, "Error writing message to the spool, try again later",
-                         esc="4.3.0")
+            if spool_error.errno in DISK_FULL:
+                self.respond(452, "Insufficient system storage, try again later",
+                             esc="4.3.1")
+            else:
+                self.respond(451, "Error writing message to the spool, try again later",
+                             esc="4.3.0")
+            self.reset_transaction()
+            return
+        if line_too_long:
+            self.log(LOGINFO, f"message refused: a line longer than {max_line} "
+                              "characters (max_data_line_length)")
+            self.respond(554, f"Message has a line longer than {max_line} "
+                              "characters", esc="5.6.0")
             self.reset_transaction()
             return
         if too_big:
@@ -618,8 +821,6 @@ class SMTP:
             self._headers_end(header, size)
             if self.disconnected:
                 return
-        if transaction.spool is not None:
-            transaction.spool.flush()
         self.log(LOGDEBUG, f"max_size: {max_size} / size: {size}")
         self.after_data()
 

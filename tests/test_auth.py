@@ -321,8 +321,8 @@ def test_unknown_user_with_authdeny(session):
                             "192.0.2.10 - go away"])),
     ("DECLINED", (535, ["5.7.8 LOGIN authentication failed for u@example.com from "
                         "192.0.2.10"])),
-    ("bogus", (535, ["5.7.8 LOGIN authentication failed for u@example.com from "
-                     "192.0.2.10"])),
+    ("bogus", (454, ["4.7.0 Temporary authentication failure - Internal error - try "
+                     "again later"])),
 ])
 def test_hook_results_map_to_replies(session, verdict, reply):
     client = session(plugins=[f"returns auth-login {verdict}"])

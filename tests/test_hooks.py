@@ -47,7 +47,7 @@ def converse(client, steps):
     ("OK", 220, "ESMTP qpsmtpd", False),
     ("DECLINED", 220, "ESMTP qpsmtpd", False),
     ("none", 220, "ESMTP qpsmtpd", False),
-    ("bogus", 220, "ESMTP qpsmtpd", False),
+    ("bogus", 450, "Internal error - try again later", True),
     ("raise", 450, "Internal error - try again later", True),
 ])
 def test_connect(session, verdict, code, text, closes):
@@ -72,9 +72,21 @@ def test_connect_crash_is_logged_with_traceback(session):
     assert client.log_contains("Traceback (most recent call last)")
 
 
-def test_bogus_and_undef_results_are_logged(session):
+def test_bogus_results_are_logged_and_fail_like_a_crash(session):
+    """A value that is not a return code is a broken plugin: logged, and a
+    temporary failure like a crash (the reference treated it as DECLINED)."""
     client = session(["returns connect bogus"])
     assert client.log_contains("Plugin returns, hook connect returned 123456")
+    assert client.greeting == (450, ["Internal error - try again later"])
+    client = session(["returns rcpt bogus"])
+    client.cmd("EHLO c.example")
+    client.cmd("MAIL FROM:<a@b.example>")
+    assert client.cmd("RCPT TO:<c@d.example>") == (450, ["4.7.1 Internal error - try again later"])
+    assert client.cmd("NOOP") == (250, ["2.0.0 OK"])
+
+
+def test_none_still_means_declined(session):
+    client = session(["returns connect none"])
     assert client.greeting.code == 220
 
 

@@ -1,7 +1,8 @@
 """Test plugin: queue each message into a directory, for byte-exact checks.
 
 Argument: the directory. Each message becomes ``<n>.eml`` (the queued bytes)
-and ``<n>.env`` (``sender`` then one recipient per line). Returns
+and ``<n>.env`` (``sender`` then one recipient per line, each as
+``format()`` gives it; 8-bit bytes written back as they came). Returns
 ``OK Queued! <n>``. Also records the spool file path of the transaction in
 ``<n>.spool`` so tests can check it is removed afterwards.
 """
@@ -24,7 +25,8 @@ class Capture(Plugin):
         with open(base + ".eml", "wb") as out:
             for chunk in transaction.message_chunks():
                 out.write(chunk)
-        with open(base + ".env", "w") as out:
+        # Addresses may hold 8-bit bytes (surrogate-escaped), as on the wire.
+        with open(base + ".env", "w", encoding="utf-8", errors="surrogateescape") as out:
             out.write(transaction.sender.format() + "\n")
             for recipient in transaction.recipients:
                 out.write(recipient.format() + "\n")
