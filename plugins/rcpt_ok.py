@@ -47,7 +47,8 @@ own configuration.
 
 Log lines (LOGINFO): ``pass, <host> in rcpthosts``, ``pass, <host> in
 rcpthosts as <.entry>``, ``pass, <host> found in morercpthosts``,
-``fail, <host> not in morercpthosts``.
+``fail, <host> not in morercpthosts``, ``fail, no domain in <recipient>``,
+``fail, no ASCII domain in <recipient>``.
 
 Example ``config/plugins`` line (the last of the rcpt plugins)::
 
@@ -73,7 +74,8 @@ class RcptOk(Plugin):
             return OK
         host = self.get_rcpt_host(recipient)
         if host is None:
-            self.log_fail(f"no domain in {recipient.format()}")
+            what = "no ASCII domain" if recipient.host else "no domain"
+            self.log_fail(f"{what} in {recipient.format()}")
             return DENY, RELAYING_DENIED
         if self.is_in_rcpthosts(host) or self.is_in_morercpthosts(host):
             return OK
