@@ -537,6 +537,7 @@ def start(options, inherited_fds=frozenset()):
                              "unless config/logging names a logging plugin\n")
         keep = (open_fds() - set(inherited_fds)) | {sock.fileno() for sock in server.listeners}
         readiness = detach(keep)
+    server.install_signals()
     try:
         if pid_file:
             pid_file.write(os.getpid())

@@ -149,7 +149,8 @@ class Server:
 
     def serve(self):
         """Accept and fork until stopped; returns the exit status."""
-        self._install_signals()
+        if self._wakeup is None:
+            self.install_signals()
         freeze_heap()
         if self.notify:
             self.notify.send(f"READY=1\nMAINPID={os.getpid()}")
@@ -361,7 +362,10 @@ class Server:
 
     # -- signals -----------------------------------------------------------------------
 
-    def _install_signals(self):
+    def install_signals(self):
+        """Record TERM/INT/HUP from now on. Called before the pid file is
+        written, so a signal sent as soon as the pid is known is not lost
+        (or, for HUP, fatal)."""
         # The C-level handler writes each signal's number to the wake-up
         # pipe, so poll() returns at once; the Python-level handlers below
         # only record (SIGCHLD needs a handler for the byte to be written).
