@@ -23,7 +23,7 @@ DEB_BINS := /usr/bin/tcpserver /usr/bin/multilog /usr/games/fortune \
            /usr/bin/redis-server /usr/sbin/spamd /usr/sbin/clamd /usr/bin/clamdscan /usr/bin/swaks \
            /usr/sbin/opendkim-testmsg /usr/sbin/p0f /usr/bin/openssl /usr/sbin/slapd
 
-.PHONY: run test debs clean hooks tls-cert fuzz
+.PHONY: run test debs clean hooks tls-cert fuzz bench bench-profile
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,19 @@ $(FUZZ_STAMP): $(STAMP)
 # atheris on the parsers, the session and the DATA reader; fails on any crash.
 fuzz: $(FUZZ_STAMP)
 	$(PY) fuzz/run.py --time $(FUZZ_TIME)
+
+# Benchmark (bench/, docs/PERFORMANCE.md): our daemon against Debian's
+# qpsmtpd 0.94 and Postfix's smtp-sink. As root it first installs postfix,
+# qpsmtpd and ucspi-tcp (their own services stay off). Not part of test/CI.
+bench: $(STAMP)
+	sh bench/install.sh
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+# Where the time goes: cProfile and py-spy under load -> bench/results/profile/
+bench-profile: $(STAMP)
+	sh bench/install.sh
+	$(PY) -m pip install --quiet --disable-pip-version-check py-spy
+	$(PY) bench/profile_daemon.py $(BENCH_ARGS)
 
 hooks: $(STAMP)
 	$(VENV)/bin/qpsmtpd --config-dir ./config --hooks

@@ -110,11 +110,15 @@ DEFAULT_SPOOL_PERMS = 0o700
 # Read before plugins are loaded, so the config hook is never asked.
 NO_HOOK_NAMES = frozenset({"logging", "loglevel", "plugin_dirs", "plugins"})
 
-# Files every session reads, present or not: preload() caches them.
+# Files the engine reads for every session, present or not: preload()
+# caches them (an absent file is cached as absent).
 CORE_NAMES = ("me", "me-auth-results", "rcpthosts", "relayclients", "databytes",
               "timeoutsmtpd", "timeout", "spool_dir", "spool_perms", "size_threshold",
               "smtpgreeting", "loglevel", "plugins", "logging", "plugin_dirs",
-              "max_recipients", "enhancedstatuscodes")
+              "max_recipients", "enhancedstatuscodes", "max_line_length",
+              "max_data_line_length", "max_header_size", "max_helo_length",
+              "max_path_length", "max_transactions", "max_errors", "max_session_time",
+              "hook_timeout", "dns_servers", "dns_timeout", "dns_tries", "store")
 PRELOAD_SIZE_LIMIT = 1 << 20   # larger files are read when first asked for
 
 _BLANKS = " \t\n\r\f\v"   # Perl's \s, not str.strip()'s Unicode whitespace
@@ -316,7 +320,8 @@ class Config:
                 continue
         for name in sorted(wanted):
             self._from_files(name)
-        self.me()
+        if not self._from_files("me"):
+            self._system_hostname()
 
     def clear_cache(self) -> None:
         """Forget directory choices, file contents, spool_dir and the host name."""

@@ -56,7 +56,13 @@ import ipaddress
 import threading
 import time
 
+import dns._asyncio_backend  # noqa: F401  (loaded in the parent, not per worker)
+import dns.asyncbackend
 import dns.asyncresolver
+try:
+    import sniffio  # noqa: F401  (dnspython asks it which event loop runs)
+except ImportError:
+    pass
 import dns.exception
 import dns.name
 import dns.nameserver

@@ -151,6 +151,7 @@ class Server:
         """Accept and fork until stopped; returns the exit status."""
         if self._wakeup is None:
             self.install_signals()
+        self.app.config.preload()
         freeze_heap()
         if self.notify:
             self.notify.send(f"READY=1\nMAINPID={os.getpid()}")
@@ -460,6 +461,7 @@ class Server:
                 self.log(LOGERROR, line)
         else:
             self.app = app
+            app.config.preload()
             freeze_heap()
             self.log(LOGINFO, "configuration and plugins reloaded")
         if self.notify:

@@ -9,6 +9,11 @@ to ``<spool_dir><epoch>:<pid>:<counter>``, created with ``O_EXCL`` and mode
 Readers open their own file object (``open()``), so several plugins can read
 the message as a stream without disturbing each other. ``discard()``
 removes the file; the transaction calls it when it ends.
+
+Writes go through a 256 KiB buffer, so the disk sees large blocks whatever
+the size of the pieces DATA delivers. Once the message is on disk,
+``write`` is the buffered file's own ``write``: no Python code runs per
+piece.
 """
 
 import errno
@@ -23,23 +28,30 @@ _counter = itertools.count()
 class Spool:
     """A write-once, read-many message store."""
 
+    buffer_size = 256 * 1024
+
     def __init__(self, spool_dir, size_threshold=0, on_spool=None):
         self.spool_dir = spool_dir
         self.size_threshold = size_threshold
-        self.size = 0
         self.path = None
         self._memory = []
+        self._memory_size = 0
         self._file = None
         self._on_spool = on_spool
 
-    def write(self, data):
-        """Append bytes."""
-        self.size += len(data)
+    @property
+    def size(self):
+        """Bytes written so far."""
         if self._file is not None:
-            self._file.write(data)
-            return
+            return self._file.tell()
+        return self._memory_size
+
+    def write(self, data):
+        """Append bytes (until the message goes to disk; then the file's
+        ``write`` takes this method's place)."""
         self._memory.append(data)
-        if self.size >= self.size_threshold:
+        self._memory_size += len(data)
+        if self._memory_size >= self.size_threshold:
             self._to_disk()
 
     def _to_disk(self):
@@ -55,10 +67,11 @@ class Spool:
                 continue
             break
         self.path = path
-        self._file = os.fdopen(fd, "w+b", buffering=256 * 1024)
-        for chunk in self._memory:
-            self._file.write(chunk)
+        self._file = os.fdopen(fd, "w+b", buffering=self.buffer_size)
+        self._file.write(b"".join(self._memory))
         self._memory = []
+        self._memory_size = 0
+        self.write = self._file.write
         if self._on_spool:
             self._on_spool()
 
@@ -85,6 +98,7 @@ class Spool:
 
     def discard(self):
         """Close and delete; safe to call twice."""
+        self.__dict__.pop("write", None)
         if self._file is not None:
             try:
                 self._file.close()
@@ -98,3 +112,4 @@ class Spool:
                 pass
             self.path = None
         self._memory = []
+        self._memory_size = 0
