@@ -98,7 +98,7 @@ import re
 
 from qpsmtpd.constants import DECLINED, DENYSOFT, LOGALERT, LOGDEBUG, LOGWARN, OK
 from qpsmtpd.plugin import Plugin, PluginError
-from qpsmtpd.store import StoreError, ip_key, now
+from qpsmtpd.store import StoreError, ip_key, now, parse_record
 
 MESSAGE = "This mail is temporarily denied"
 DEFAULTS = {
@@ -192,7 +192,7 @@ class Greylisting(Plugin):
 
         def advance(value):
             outcome.clear()   # the store may call this again after a conflict
-            timestamp, new, blacks, whites = _parse(value)
+            timestamp, new, blacks, whites = parse_record(value)
             moment = int(now())
             age = moment - timestamp
             if value is not None and whites:
@@ -359,17 +359,6 @@ def _settings(base, layers):
 
 def _true(value):
     return str(value or "0").strip().lower() not in ("0", "", "no", "false", "off")
-
-
-def _parse(value):
-    fields = (value or "").split(":")
-    numbers = []
-    for index in range(4):
-        try:
-            numbers.append(int(float(fields[index] or 0)))
-        except (IndexError, ValueError):
-            numbers.append(0)
-    return tuple(numbers)
 
 
 def _listed(remote_ip, remote_host, entries):

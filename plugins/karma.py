@@ -95,7 +95,7 @@ that defer to it)::
 
 from qpsmtpd.constants import DECLINED, DENY, LOGDEBUG, LOGINFO
 from qpsmtpd.plugin import Plugin, PluginError
-from qpsmtpd.store import StoreError, ip_key, now
+from qpsmtpd.store import StoreError, ip_key, now, parse_record
 
 DAY = 86400
 
@@ -149,7 +149,7 @@ class Karma(Plugin):
             self.log_pass(f"penalty expired ({summary})")
             return DECLINED
         try:
-            record = _parse(self.store.update(key, _count_connect))
+            record = parse_record(self.store.update(key, _count_connect))
         except StoreError as exc:
             self.log_error(f"store: {exc}")
         left = self.penalty_days - days_old
@@ -236,7 +236,7 @@ class Karma(Plugin):
         outcome = {}
 
         def record_verdict(value):
-            penalty_start, naughty, nice, connects = _parse(value)
+            penalty_start, naughty, nice, connects = parse_record(value)
             history = nice - naughty
             if karma <= -self.strikes or flagged:
                 naughty += 1
@@ -281,7 +281,7 @@ class Karma(Plugin):
         except StoreError as exc:
             self.log_error(f"store: {exc}")
             return None
-        return _parse(value) if value else NO_RECORD
+        return parse_record(value) if value else NO_RECORD
 
     def history(self, session, record, bonus=True):
         """Set ``karma_history`` from a record; +1 karma above 10."""
@@ -305,24 +305,12 @@ class Karma(Plugin):
 NO_RECORD = (0, 0, 0, 0)   # compared by identity
 
 
-def _parse(value):
-    """qpsmtpd's record text -> (penalty_start, naughty, nice, connects)."""
-    fields = (value or "").split(":")
-    numbers = []
-    for index in range(4):
-        try:
-            numbers.append(int(float(fields[index] or 0)))
-        except (IndexError, ValueError):
-            numbers.append(0)
-    return tuple(numbers)
-
-
 def _summary(record):
     _, naughty, nice, connects = record
     return f"{naughty} naughty, {nice} nice, {connects} connects"
 
 
 def _count_connect(value):
-    penalty_start, naughty, nice, connects = _parse(value)
+    penalty_start, naughty, nice, connects = parse_record(value)
     return f"{penalty_start}:{naughty}:{nice}:{connects + 1}"
 

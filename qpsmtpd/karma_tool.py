@@ -42,7 +42,8 @@ import sys
 import time
 
 from .config import Config
-from .store import StoreError, describe, ip_key, key_ip, now, open_store, resolve_url
+from .store import (StoreError, describe, ip_key, key_ip, now, open_store, parse_record,
+                    resolve_url)
 
 DAY = 86400
 
@@ -93,17 +94,6 @@ def url_from_config(config_dirs):
             return resolve_url(pairs.get("store"), pairs.get("db_dir"),
                                site_url=config.get("store"))
     return resolve_url(site_url=config.get("store"))
-
-
-def parse_record(value):
-    fields = (value or "").split(":")
-    numbers = []
-    for index in range(4):
-        try:
-            numbers.append(int(float(fields[index] or 0)))
-        except (IndexError, ValueError):
-            numbers.append(0)
-    return numbers
 
 
 def _ip_argument(argument):

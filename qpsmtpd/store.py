@@ -475,3 +475,17 @@ def key_ip(key):
     if number < 2 ** 32:
         return str(ipaddress.IPv4Address(number))
     return str(ipaddress.IPv6Address(number))
+
+
+def parse_record(value, fields=4):
+    """qpsmtpd's record text ``a:b:c:d`` -> a tuple of ``fields`` ints
+    (karma's ``penalty:naughty:nice:connects``, greylisting's
+    ``ts:new:black:white``); missing or malformed fields are 0."""
+    parts = (value or "").split(":")
+    numbers = []
+    for index in range(fields):
+        try:
+            numbers.append(int(float(parts[index] or 0)))
+        except (IndexError, ValueError):
+            numbers.append(0)
+    return tuple(numbers)
