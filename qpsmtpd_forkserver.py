@@ -1,4 +1,4 @@
-"""qpsmtpd-forkserver: the SMTP daemon, one forked worker per connection.
+"""qpsmtpd-forkserver: the SMTP daemon, one forked worker per session.
 
 Usage: qpsmtpd-forkserver [options]
 
@@ -25,6 +25,11 @@ Usage: qpsmtpd-forkserver [options]
                              systemd's LISTEN_FDS/LISTEN_PID are honoured too
       --grace-period SECONDS how long a stop waits for running sessions
                              (default 30)
+      --max-requests N       sessions a worker serves, one after another,
+                             before it exits (default 100; 1: a fresh
+                             process for every connection)
+      --idle-children N      spare workers kept forked ahead (default 2;
+                             0: fork when a client arrives)
   -h, --help
 
 Start-up, in this order: the pid file is checked; sockets are bound (or
@@ -57,7 +62,9 @@ import sys
 
 from qpsmtpd.app import App
 from qpsmtpd.constants import LOGINFO, LOGWARN
-from qpsmtpd.forkserver import DEFAULT_GRACE_PERIOD, Server, SystemdNotify
+from qpsmtpd.forkserver import (
+    DEFAULT_GRACE_PERIOD, DEFAULT_IDLE_CHILDREN, DEFAULT_MAX_REQUESTS, Server,
+    SystemdNotify)
 # Plugin tests build the parent's pre-connection session from here.
 from qpsmtpd.forkserver import PreConnection  # noqa: F401
 
@@ -74,7 +81,7 @@ class StartupError(Exception):
 def parse_options(argv=None):
     parser = argparse.ArgumentParser(
         prog="qpsmtpd-forkserver",
-        description="The qpsmtpd SMTP daemon: one forked worker per connection.")
+        description="The qpsmtpd SMTP daemon: one forked worker per session.")
     parser.add_argument("-l", "--listen-address", action="append", default=[],
                         type=listen_address, metavar="ADDR[:PORT]",
                         help="address to listen on, repeatable: 192.0.2.1, "
@@ -106,6 +113,14 @@ def parse_options(argv=None):
     parser.add_argument("--grace-period", type=seconds, default=DEFAULT_GRACE_PERIOD,
                         metavar="SECONDS", help="how long SIGTERM waits for running "
                                                 "sessions (default 30)")
+    parser.add_argument("--max-requests", type=positive_int, default=DEFAULT_MAX_REQUESTS,
+                        metavar="N", help="sessions a worker serves before it exits "
+                                          f"(default {DEFAULT_MAX_REQUESTS}; 1: a fresh "
+                                          "process per connection)")
+    parser.add_argument("--idle-children", type=non_negative_int,
+                        default=DEFAULT_IDLE_CHILDREN, metavar="N",
+                        help="spare workers kept forked ahead "
+                             f"(default {DEFAULT_IDLE_CHILDREN})")
     return parser.parse_args(argv)
 
 

@@ -7,9 +7,10 @@ and nothing else:
 
 * The loop polls the listeners and a signal wake-up pipe. For each client
   it checks the daemon's own limits, runs the ``pre-connection`` hook
-  (``hosts_allow``, ``karma``...) and forks a worker. The parent never reads
-  from a client and never waits on one: its replies are single non-blocking
-  writes. ``pre-connection`` hooks run in the parent, so every client waits
+  (``hosts_allow``, ``karma``...) and hands the socket to an idle worker
+  (see *Workers* below), forking one when none is idle. The parent never
+  reads from a client and never waits on one: its replies are single
+  non-blocking writes. ``pre-connection`` hooks run in the parent, so every client waits
   for them: they must be quick (no DNS; that belongs in ``connect``).
 * Signal handlers only record the signal; the loop acts on it
   (``handle_term``, ``handle_hup``, ...). Children are reaped in the loop,
@@ -52,16 +53,23 @@ grace period are killed (SIGKILL); a second SIGTERM or SIGINT kills them at
 once. Workers ignore SIGINT and SIGHUP, so a Ctrl-C on the terminal or a
 HUP to the process group goes through the parent.
 
-``Worker`` is the child: one SMTP session, then ``os._exit`` with 0 (the
-session ended), 1 (it failed with an unexpected exception, logged with its
-traceback) or 2 (set-up failed before the session started). Its process
-title follows the session: ``qpsmtpd: 192.0.2.7 (mail.example.org) MAIL``.
+Workers (``qpsmtpd.worker``): a worker serves one session at a time and up
+to ``--max-requests`` sessions (default 100) one after another, like
+Postfix's smtpd (``max_use``) or qpsmtpd-prefork; ``--max-requests 1`` is
+qpsmtpd-forkserver's fresh process per connection. The parent keeps
+``--idle-children`` spares (default 2) forked ahead, so a client meets a
+process that is already running; a worker back from a session waits for
+the next one, and idle workers above that number are retired after
+``IDLE_RETIRE`` seconds. SIGHUP retires the workers of the old
+configuration as soon as they are idle. ``--limit-connections`` counts
+sessions, not processes. The parent logs ``cleaning up after <pid>`` when
+a worker's session ends (whether the worker lives on or exits), once per
+connection as qpsmtpd does.
 """
 
 import errno
 import gc
 import os
-import re
 import select
 import signal
 import socket
@@ -73,29 +81,21 @@ from .connection import Connection
 from .constants import (
     DENY, DENY_DISCONNECT, DENYSOFT, DENYSOFT_DISCONNECT, LOGCRIT, LOGDEBUG,
     LOGERROR, LOGINFO, LOGWARN)
-from .lineio import LineIO
-from .smtp import SMTP
 from .transaction import Transaction
-
-try:
-    from setproctitle import setproctitle
-except ImportError:  # titles are a convenience; serve mail without them
-    setproctitle = None
+from .worker import EXIT_SESSION_FAILED, EXIT_SETUP_FAILED, READY, Handoff, Worker
 
 TOO_MANY_CONNECTIONS = "421 Too many concurrent connections, try again later"
 TOO_MANY_FROM_IP = "421 too many connections from {ip}, try again later"
 SERVICE_UNAVAILABLE = "421 Service temporarily unavailable, try again later"
-SHUTTING_DOWN = "{me} Service shutting down, closing transmission channel"
-
-EXIT_OK, EXIT_SESSION_FAILED, EXIT_SETUP_FAILED = 0, 1, 2
-
 DEFAULT_GRACE_PERIOD = 30.0
+DEFAULT_MAX_REQUESTS = 100   # sessions per worker
+DEFAULT_IDLE_CHILDREN = 2    # spare workers kept forked ahead
+IDLE_RETIRE = 60.0           # seconds an idle worker above the spares lives on
 ACCEPT_BATCH = 64            # accepts per wake-up before signals are looked at
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 2.0
 KILL_WAIT = 5.0              # after SIGKILL, give up waiting for a child
 _PARENT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-_TITLE_HOST = re.compile(r"[^A-Za-z0-9.\-\[\]:]")
 
 
 class PreConnection:
@@ -115,7 +115,8 @@ class Server:
     """The parent: listeners, children, signals.
 
     ``options`` are qpsmtpd-forkserver's (``limit_connections``,
-    ``max_from_ip``, ``no_rdns``, ``grace_period``); ``app`` the loaded
+    ``max_from_ip``, ``no_rdns``, ``grace_period``, ``max_requests``,
+    ``idle_children``); ``app`` the loaded
     application; ``build_app`` a callable returning a new one for SIGHUP
     (default: the same configuration directories, plugins loaded again).
     ``listeners`` are non-blocking listening sockets; ``pid_file`` (with
@@ -127,7 +128,11 @@ class Server:
         self.app = app
         self.build_app = build_app or self._rebuild_app
         self.listeners = []
-        self.children = {}          # pid -> remote IP of the worker's client
+        self.children = {}          # pid -> remote IP, one per running session
+        self.workers = {}           # pid -> WorkerSlot, every worker process
+        self.idle = []              # slots waiting for a client, oldest first
+        self.generation = 0         # of the application; a reload adds one
+        self._channels = {}         # channel fd -> WorkerSlot
         self.pid_file = None
         self.notify = None
         self._signals = []
@@ -172,9 +177,13 @@ class Server:
         self.reap()
         if self.stopping and self._shutdown_done():
             return True
+        self.tend_pool()
         wake_fd = self._wakeup[0]
         poller = select.poll()
         poller.register(wake_fd, select.POLLIN)
+        channels = self._channels
+        for fd in channels:
+            poller.register(fd, select.POLLIN)
         listeners = {}
         if not self.stopping and time.monotonic() >= self._paused_until:
             listeners = {sock.fileno(): sock for sock in self.listeners}
@@ -184,6 +193,10 @@ class Server:
         if wake_fd in ready:
             _drain(wake_fd)
             self._handle_signals()     # a stop must win over waiting clients
+        for fd in ready:               # workers back first: they take the clients
+            slot = channels.get(fd)
+            if slot is not None:
+                self.from_worker(slot)
         for fd in ready:
             if fd in listeners and not self.stopping:
                 self.accept_from(listeners[fd])
@@ -247,7 +260,7 @@ class Server:
                                 local_ip=plain_ip(local[0]), local_port=local[1])
         if not self.pre_connection(client, connection):
             return
-        self.fork_worker(client, connection)
+        self.start_session(client, connection)
 
     def over_limit(self, remote_ip):
         """The daemon's 421 line when a limit is reached, else None."""
@@ -290,26 +303,123 @@ class Server:
         refuse(client, reply)
         return False
 
-    def fork_worker(self, client, connection):
+    def start_session(self, client, connection):
+        """Hand ``client`` to an idle worker, or fork one for it."""
+        handoff = Handoff(connection, len(self.children))
+        try:
+            packet = handoff.pack()
+        except Exception as exc:    # a pre-connection plugin noted something odd
+            self.log(LOGWARN, f"cannot hand the connection over ({exc!r}); forking")
+            packet = None
+        while packet is not None and self.idle:
+            slot = self.idle.pop()
+            try:
+                socket.send_fds(slot.channel, [packet], [client.fileno()])
+            except OSError as exc:      # it died while idle: reaped soon
+                self.log(LOGWARN, f"worker {slot.pid} cannot take a client: "
+                                  f"{exc.strerror or exc!r}")
+                self.retire(slot)
+                continue
+            self._busy(slot, connection)
+            client.close()
+            return
+        try:
+            slot = self.fork_worker(client, handoff)
+        except OSError as exc:
+            self.log(LOGCRIT, f"fork failed: {exc.strerror}; answering "
+                              f"{connection.remote_ip} with 421")
+            refuse(client, SERVICE_UNAVAILABLE)
+            return
+        self._busy(slot, connection)
+        client.close()
+
+    def _busy(self, slot, connection):
+        slot.state = "busy"
+        self.children[slot.pid] = connection.remote_ip
+
+    def fork_worker(self, client=None, handoff=None):
+        """A new worker (serving ``client`` first, if given); its slot.
+        OSError when the system cannot fork."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         # Signals stay blocked across fork() so the child cannot run the
         # parent's handlers before it has installed its own.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, _PARENT_SIGNALS)
         try:
             pid = os.fork()
-        except OSError as exc:
+        except OSError:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            self.log(LOGCRIT, f"fork failed: {exc.strerror}; answering "
-                              f"{connection.remote_ip} with 421")
-            refuse(client, SERVICE_UNAVAILABLE)
-            return
+            ours.close()
+            theirs.close()
+            raise
         if pid == 0:
             try:
-                Worker(self, client, connection, mask).run()
+                ours.close()
+                Worker(self, theirs, mask, client, handoff).run()
             finally:
                 os._exit(EXIT_SETUP_FAILED)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        self.children[pid] = connection.remote_ip
-        client.close()
+        theirs.close()
+        ours.setblocking(False)
+        slot = WorkerSlot(pid, ours, self.generation)
+        self.workers[pid] = slot
+        self._channels[ours.fileno()] = slot
+        return slot
+
+    # -- the pool ----------------------------------------------------------------------
+
+    def tend_pool(self):
+        """Retire workers idle too long above the spares; fork missing spares."""
+        if self.stopping:
+            return
+        spares = self.options.idle_children
+        now = time.monotonic()
+        while len(self.idle) > spares and now - self.idle[0].idle_since > IDLE_RETIRE:
+            self.retire(self.idle[0])
+        starting = sum(1 for slot in self.workers.values() if slot.state == "starting")
+        room = self.options.limit_connections + spares - len(self.workers)
+        for _ in range(min(spares - len(self.idle) - starting, room)):
+            try:
+                self.fork_worker()
+            except OSError as exc:
+                self.log(LOGERROR, f"cannot fork a spare worker: {exc.strerror}")
+                return
+
+    def from_worker(self, slot):
+        """A worker wrote: ``R`` (ready for a client), or end of file."""
+        try:
+            data = slot.channel.recv(16)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if data != READY:
+            self.retire(slot)       # it is exiting; the reaper logs how
+            return
+        if slot.state == "busy":
+            self._session_ended(slot)
+        if self.stopping or slot.generation != self.generation:
+            self.retire(slot)
+            return
+        slot.state = "idle"
+        slot.idle_since = time.monotonic()
+        self.idle.append(slot)
+
+    def _session_ended(self, slot):
+        slot.state = "done"
+        self.children.pop(slot.pid, None)
+        self.log(LOGINFO, f"cleaning up after {slot.pid}")
+
+    def retire(self, slot):
+        """Close the parent's end of ``slot``'s channel: an idle worker
+        reads end of file and exits; a busy one exits after its session."""
+        if slot in self.idle:
+            self.idle.remove(slot)
+        if slot.channel is not None:
+            self._channels.pop(slot.channel.fileno(), None)
+            slot.channel.close()
+            slot.channel = None
+        if slot.state != "busy":
+            slot.state = "retired"
 
     # -- children --------------------------------------------------------------------
 
@@ -319,8 +429,11 @@ class Server:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                if self.children:
-                    self.log(LOGERROR, f"{len(self.children)} workers vanished")
+                if self.workers:
+                    self.log(LOGERROR, f"{len(self.workers)} workers vanished")
+                    for slot in list(self.workers.values()):
+                        self.retire(slot)
+                    self.workers.clear()
                     self.children.clear()
                 return
             if pid == 0:
@@ -328,9 +441,14 @@ class Server:
             self._reaped(pid, status)
 
     def _reaped(self, pid, status):
-        if self.children.pop(pid, None) is None:
+        slot = self.workers.pop(pid, None)
+        if slot is None:
             self.log(LOGDEBUG, f"reaped process {pid}, not a worker")
             return
+        in_session = slot.state == "busy"
+        slot.state = "exited"
+        self.retire(slot)
+        self.children.pop(pid, None)
         on_purpose = pid in self._killed
         self._killed.discard(pid)
         if os.WIFSIGNALED(status):
@@ -347,17 +465,20 @@ class Server:
             why = {EXIT_SESSION_FAILED: "session failed",
                    EXIT_SETUP_FAILED: "set-up failed"}.get(code, "unknown status")
             self.log(LOGERROR, f"worker {pid} exited with status {code} ({why})")
-        self.log(LOGINFO, f"cleaning up after {pid}")
+        if in_session:
+            self.log(LOGINFO, f"cleaning up after {pid}")
+        else:
+            self.log(LOGDEBUG, f"worker {pid} ended")
 
     def _signal_children(self, signum):
-        for pid in list(self.children):
+        for pid in list(self.workers):
             try:
                 os.kill(pid, signum)
             except ProcessLookupError:
                 pass
 
     def _kill_children(self):
-        self._killed.update(self.children)
+        self._killed.update(self.workers)
         self._killed_at = time.monotonic()
         self._signal_children(signal.SIGKILL)
 
@@ -390,7 +511,7 @@ class Server:
     def handle_term(self, name="SIGTERM"):
         if not self.stopping:
             return self.begin_shutdown(name)
-        if self._killed_at is None and self.children:
+        if self._killed_at is None and self.workers:
             self.log(LOGINFO, f"{name} again: ending {len(self.children)} "
                               "sessions now")
             self._kill_children()
@@ -412,11 +533,13 @@ class Server:
             sock.close()
         self.listeners = []
         self._stop_deadline = time.monotonic() + grace
+        for slot in list(self.idle):
+            self.retire(slot)
         self._signal_children(signal.SIGTERM)
 
     def _shutdown_done(self):
         """During a stop: True when the loop may end."""
-        if not self.children:
+        if not self.workers:
             return True
         now = time.monotonic()
         if self._killed_at is None:
@@ -426,7 +549,7 @@ class Server:
                 self._kill_children()
             return False
         if now - self._killed_at >= KILL_WAIT:
-            self.log(LOGERROR, f"{len(self.children)} workers did not end; leaving them")
+            self.log(LOGERROR, f"{len(self.workers)} workers did not end; leaving them")
             return True
         return False
 
@@ -463,6 +586,9 @@ class Server:
             self.app = app
             app.config.preload()
             freeze_heap()
+            self.generation += 1
+            for slot in list(self.idle):    # the new spares come with the next turn
+                self.retire(slot)
             self.log(LOGINFO, "configuration and plugins reloaded")
         if self.notify:
             self.notify.send("READY=1")
@@ -481,6 +607,9 @@ class Server:
             sock.close()
         for fd in self._wakeup or ():
             os.close(fd)
+        for slot in self.workers.values():
+            if slot.channel is not None:
+                slot.channel.close()
         if self.pid_file is not None:
             self.pid_file.close()
         if self.notify is not None:
@@ -492,146 +621,23 @@ class Server:
             self.log(LOGCRIT, line)
 
 
-class SessionShutdown(Exception):
-    """Raised in a worker waiting for a command when the daemon stops."""
+class WorkerSlot:
+    """The parent's view of one worker: its pid, the parent's end of its
+    channel, the application generation it was forked with, and its state:
+    ``starting`` (a spare not ready yet), ``idle``, ``busy`` (in a session),
+    ``done`` (session ended), ``retired`` (told to exit) or ``exited``."""
 
+    __slots__ = ("pid", "channel", "generation", "state", "idle_since")
 
-class Worker:
-    """The child half: one SMTP session on ``client``, then ``os._exit``."""
+    def __init__(self, pid, channel, generation):
+        self.pid = pid
+        self.channel = channel
+        self.generation = generation
+        self.state = "starting"
+        self.idle_since = 0.0
 
-    def __init__(self, server, client, connection, signal_mask):
-        self.server = server
-        self.app = server.app
-        self.client = client
-        self.connection = connection
-        self.signal_mask = signal_mask
-        self.io = None
-        self.stage = "connect"
-        self.stop_requested = False
-
-    def run(self):
-        status = EXIT_SETUP_FAILED
-        try:
-            self.leave_parent()
-            status = EXIT_SESSION_FAILED
-            self.serve()
-            status = EXIT_OK
-        except SystemExit as exc:   # a plugin called sys.exit()
-            status = exc.code if isinstance(exc.code, int) else \
-                EXIT_OK if exc.code is None else EXIT_SESSION_FAILED
-        except BaseException as exc:
-            try:
-                self.app.log(LOGCRIT, f"worker failed: {exc!r}")
-                for line in traceback.format_exc().rstrip().splitlines():
-                    self.app.log(LOGCRIT, line)
-            except BaseException:
-                pass
-        finally:
-            os._exit(status)
-
-    def leave_parent(self):
-        signal.signal(signal.SIGTERM, self._on_term)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)   # plugins run programs
-        self.server.close_in_child()
-        signal.pthread_sigmask(signal.SIG_SETMASK, self.signal_mask)
-        self.client.setblocking(True)
-
-    def serve(self):
-        connection = self.connection
-        if not self.server.options.no_rdns:
-            connection.remote_host = connection.remote_info = \
-                reverse_name(connection.remote_ip)
-        os.environ["TCPREMOTEIP"] = connection.remote_ip
-        os.environ["TCPREMOTEHOST"] = connection.remote_host
-        os.environ["TCPLOCALIP"] = connection.local_ip
-        self.set_stage("connect")
-        self.app.log(LOGINFO, f"Accepted connection {len(self.server.children)}/"
-                              f"{self.server.options.limit_connections} from "
-                              f"{connection.remote_ip} / {connection.remote_host}")
-        self.io = WorkerIO(self.client, self)
-        session = WorkerSession(self.app, self.io, connection)
-        session.worker = self
-        session.run()
-        self.io.close()
-
-    def set_stage(self, stage):
-        self.stage = stage
-        if setproctitle is not None:
-            connection = self.connection
-            host = _TITLE_HOST.sub("", connection.remote_host or "")
-            shown = stage.upper() if stage not in ("connect", "idle", "end") else stage
-            setproctitle(f"qpsmtpd: {connection.remote_ip} ({host}) {shown}")
-
-    def _on_term(self, signum, frame):
-        if self.stop_requested:
-            return
-        self.stop_requested = True
-        if self.io is not None and self.io.waiting:
-            raise SessionShutdown()
-
-
-class WorkerIO(LineIO):
-    """``LineIO`` whose wait for a command a stopping daemon may interrupt."""
-
-    def __init__(self, sock, worker):
-        super().__init__(sock)
-        self.worker = worker
-        self.waiting = False
-
-    def read_line(self, limit=65536):
-        if self.worker.stage != "idle":
-            return super().read_line(limit)
-        self.waiting = True
-        try:
-            if self.worker.stop_requested:
-                raise SessionShutdown()
-            return super().read_line(limit)
-        finally:
-            self.waiting = False
-
-
-class WorkerSession(SMTP):
-    """The SMTP session of a worker: it reports its stage (the process
-    title) and ends politely when the daemon stops.
-
-    The stage is the verb while a command runs and ``idle`` while a command
-    is awaited; a stop requested while a command runs takes effect when it
-    has been answered.
-    """
-
-    worker = None
-
-    def command_loop(self):
-        worker = self.worker
-        worker.set_stage("idle")
-        try:
-            if worker.stop_requested:
-                raise SessionShutdown()
-            super().command_loop()
-        except SessionShutdown:
-            self.shut_down()
-        finally:
-            worker.set_stage("end")
-
-    def dispatch(self, line):
-        verb = line.partition(" ")[0].lower()
-        worker = self.worker
-        worker.set_stage(verb if verb in self.known_verbs else "unknown")
-        try:
-            super().dispatch(line)
-        finally:
-            worker.set_stage("idle")
-        if worker.stop_requested:
-            self.shut_down()
-
-    def shut_down(self):
-        if self.disconnected:
-            return
-        self.log(LOGINFO, "the server is shutting down: ending the session")
-        self.respond(421, SHUTTING_DOWN.format(me=self.me), esc="4.3.2")
-        self.disconnect()
+    def __repr__(self):
+        return f"<worker {self.pid} {self.state}>"
 
 
 class SystemdNotify:
@@ -690,14 +696,6 @@ def refuse(client, reply):
     except OSError:
         pass
     _close(client)
-
-
-def reverse_name(ip):
-    """The client's first PTR name, or ``Unknown`` (qpsmtpd-forkserver)."""
-    try:
-        return socket.gethostbyaddr(ip)[0]
-    except (OSError, UnicodeError):
-        return "Unknown"
 
 
 def plain_ip(ip):

@@ -121,6 +121,12 @@ class Daemon:
         return client
 
     def children(self):
+        """The workers in a session (spares and workers between two
+        sessions left out)."""
+        return session_workers(self.pid)
+
+    def processes(self):
+        """Every child: workers in a session, spares, idle workers."""
         return children_of(self.pid)
 
     def wait_children(self, count, timeout=10):
@@ -210,6 +216,20 @@ def children_of(pid):
             return [int(p) for p in handle.read().split()]
     except FileNotFoundError:
         return []
+
+
+def session_workers(pid):
+    """Children of ``pid`` whose process title shows a session."""
+    found = []
+    for child in children_of(pid):
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as handle:
+                title = handle.read().split(b"\0")[0]
+        except OSError:
+            continue
+        if title.startswith(b"qpsmtpd: ") and title != b"qpsmtpd: spare":
+            found.append(child)
+    return found
 
 
 def proc_status(pid):

@@ -50,14 +50,22 @@ def run_script(*args, timeout=30, **kwargs):
 
 
 def socket_inodes(pid):
-    """The sockets a process holds (listeners and clients), by inode."""
+    """The TCP sockets a process holds (listeners and clients), by inode;
+    the Unix sockets to its workers left out."""
+    tcp = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{table}") as handle:
+                tcp.update(f"socket:[{line.split()[9]}]" for line in list(handle)[1:])
+        except FileNotFoundError:
+            pass
     found = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
             target = os.readlink(f"/proc/{pid}/fd/{fd}")
         except OSError:
             continue
-        if target.startswith("socket:"):
+        if target in tcp:
             found.add(target)
     return found
 
