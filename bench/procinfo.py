@@ -6,6 +6,7 @@
   machine gets back when the process ends;
 * ``rss(pid)`` and ``peak_rss(pid)`` — resident and high-water resident
   size in bytes (``VmRSS``, ``VmHWM``);
+* ``title(pid)`` — the process title (first word of the command line);
 * ``cpu_seconds(pid)`` — user + system CPU time of the process and of the
   children it has reaped (``utime + stime + cutime + cstime``), so a
   forking server's parent accounts for all its finished workers;
@@ -52,6 +53,15 @@ def pss(pid):
 
 def rss(pid):
     return _status_kb(pid, "VmRSS")
+
+
+def title(pid):
+    """The process title (the first word of its command line)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        return None
 
 
 def peak_rss(pid):

@@ -200,8 +200,11 @@ class Server:
         return procinfo.children(self.pid)
 
     def cpu_seconds(self):
-        """CPU time of the server and its finished workers so far."""
-        return procinfo.cpu_seconds(self.pid)
+        """CPU time of the server and of its workers so far: the finished
+        ones (the parent's account of reaped children) and the live ones
+        (reused workers and spares)."""
+        live = [procinfo.cpu_seconds(pid) for pid in procinfo.children(self.pid)]
+        return procinfo.cpu_seconds(self.pid) + sum(t for t in live if t is not None)
 
     def delivered(self):
         """Messages in the maildir's new/ (None when the server keeps none)."""
@@ -251,6 +254,13 @@ class Ours(Server):
         if self.loglevel is not None:
             settings["loglevel"] = str(self.loglevel)
         return settings
+
+    def workers(self):
+        """Pids of the workers in a session: their process title names the
+        client (spares and workers between sessions read ``qpsmtpd: spare``;
+        a tree without reused workers has only the former)."""
+        return [pid for pid in procinfo.children(self.pid)
+                if procinfo.title(pid) not in (None, "qpsmtpd: spare")]
 
     def prepare(self):
         write_config(self.config_dir, self.plugin_lines, self.settings())
