@@ -232,22 +232,32 @@ class Dnsbl(Plugin):
         if address is None:
             return False
         text = str(address)
-        for entry in self.config_list("dnsbl_allow"):
+        networks, prefixes, addresses = self.parsed_config("dnsbl_allow", self.parse_allow)
+        if address in addresses or text.startswith(prefixes):
+            return True
+        return any(address.version == network.version and address in network
+                   for network in networks)
+
+    def parse_allow(self, lines):
+        """``(networks, prefixes, addresses)`` of dnsbl_allow, parsed once
+        per change of the file, not per connection."""
+        networks, prefixes, addresses = [], [], set()
+        for entry in lines:
             entry = entry.split()[0].lower() if entry.split() else ""
             if not entry:
                 continue
             if "/" in entry:
                 try:
-                    if address in ipaddress.ip_network(entry, strict=False):
-                        return True
+                    networks.append(ipaddress.ip_network(entry, strict=False))
                 except ValueError:
                     self.log(LOGWARN, f"ignoring invalid entry in dnsbl_allow: {entry}")
                 continue
-            if entry.endswith((".", ":")) and text.startswith(entry):
-                return True
-            if ip_address(entry) == address:
-                return True
-        return False
+            if entry.endswith((".", ":")):
+                prefixes.append(entry)
+            address = ip_address(entry)
+            if address is not None:
+                addresses.add(address)
+        return tuple(networks), tuple(prefixes), frozenset(addresses)
 
     def withdraw_deferred_reject(self, session):
         """Take this plugin's message out of the pending ``naughty`` list, so

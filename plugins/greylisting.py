@@ -253,7 +253,7 @@ class Greylisting(Plugin):
     def is_excluded(self, session):
         connection = session.connection
         for name in self.config_list("greylist_exclude_files"):
-            entries = self.config_list(name.strip())
+            entries = self.parsed_config(name.strip(), _exclusions)
             if _listed(connection.remote_ip, connection.remote_host, entries):
                 self.log_skip(f"excluded by {name.strip()}")
                 return True
@@ -361,32 +361,39 @@ def _true(value):
     return str(value or "0").strip().lower() not in ("0", "", "no", "false", "off")
 
 
-def _listed(remote_ip, remote_host, entries):
-    """True when an exclusion entry names the client (IP, network, host
-    name or ``/regex/`` on the host name)."""
-    address = Plugin.ip_address(remote_ip)
-    host = (remote_host or "").lower().rstrip(".")
-    for entry in entries:
-        entry = entry.split()[0] if entry.split() else ""
+def _exclusions(lines):
+    """``(networks, host names, patterns)`` of one exclusion file, parsed
+    once per change of the file, not per message."""
+    networks, names, patterns = [], set(), []
+    for line in lines:
+        entry = line.split()[0] if line.split() else ""
         if not entry:
             continue
         if len(entry) > 2 and entry.startswith("/") and entry.endswith("/"):
             try:
-                if host and re.search(entry[1:-1], host, re.I):
-                    return True
+                patterns.append(re.compile(entry[1:-1], re.I))
             except re.error:
-                continue
+                pass
             continue
         try:
-            network = ipaddress.ip_network(entry, strict=False)
+            networks.append(ipaddress.ip_network(entry, strict=False))
         except ValueError:
-            network = None
-        if network is not None:
-            if address is not None and address.version == network.version \
-                    and address in network:
-                return True
-            continue
-        name = entry.lower().rstrip(".")
-        if host and (host == name or host.endswith("." + name)):
-            return True
-    return False
+            names.add(entry.lower().rstrip("."))
+    return tuple(networks), frozenset(names), tuple(patterns)
+
+
+def _listed(remote_ip, remote_host, entries):
+    """True when an exclusion entry (``_exclusions``) names the client (IP,
+    network, host name or ``/regex/`` on the host name)."""
+    networks, names, patterns = entries
+    address = Plugin.ip_address(remote_ip)
+    if address is not None and any(address.version == network.version
+                                   and address in network for network in networks):
+        return True
+    host = (remote_host or "").lower().rstrip(".")
+    if not host:
+        return False
+    labels = host.split(".")
+    if any(".".join(labels[i:]) in names for i in range(len(labels))):
+        return True
+    return any(pattern.search(host) for pattern in patterns)

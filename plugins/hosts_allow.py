@@ -76,17 +76,8 @@ class HostsAllow(Plugin):
 
     def check_hosts_allow(self, remote_ip):
         address = Plugin.ip_address(remote_ip)
-        for line in self.config_list("hosts_allow"):
-            words = line.split(None, 2)
-            if len(words) < 2:
-                continue
-            entry, constant = words[0], words[1]
-            message = words[2].strip() if len(words) > 2 else ""
-            try:
-                network = ipaddress.ip_network(entry, strict=False)
-            except ValueError:
-                self.log(LOGWARN, f"ignoring invalid network in hosts_allow: {entry}")
-                continue
+        for entry, network, constant, message in self.parsed_config(
+                "hosts_allow", self.parse_hosts_allow):
             if address is None or address.version != network.version \
                     or address not in network:
                 continue
@@ -98,6 +89,25 @@ class HostsAllow(Plugin):
             return (code, message) if message else code
         self.log(LOGDEBUG, "pass")
         return DECLINED
+
+    def parse_hosts_allow(self, lines):
+        """``[(entry, network, constant, message)]``: parsed once per change
+        of the file, not per connection (this runs in the daemon's parent,
+        for every client it accepts)."""
+        rules = []
+        for line in lines:
+            words = line.split(None, 2)
+            if len(words) < 2:
+                continue
+            entry, constant = words[0], words[1]
+            message = words[2].strip() if len(words) > 2 else ""
+            try:
+                network = ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                self.log(LOGWARN, f"ignoring invalid network in hosts_allow: {entry}")
+                continue
+            rules.append((entry, network, constant, message))
+        return tuple(rules)
 
 
 

@@ -24,9 +24,11 @@ Arguments:
                          ``DENY=No_such_user.`` (``_`` in MSG becomes a space)
 
 The map is read when the plugin loads (a missing or empty map stops
-start-up) and read again in the forkserver's ``pre-connection`` hook when
-the file's modification time changed; a map that became empty or
-unreadable keeps the previous one (logged).
+start-up) and read again when the file's modification time changed: at
+each connection (the ``connect`` hook, in the process serving it, so a
+worker that serves many connections sees the edit) and in the
+forkserver's ``pre-connection`` hook (so new workers start with it). A
+map that became empty or unreadable keeps the previous one (logged).
 
 Fixed on purpose: each ``rcpt_map`` line keeps its own map (the original
 shared one map between all instances, so two domains could not be
@@ -76,21 +78,30 @@ class RcptMap(Plugin):
             raise PluginError(f"{self.config_name}: Empty map file {self.path}")
 
     def hook_pre_connection(self, session, info):
+        self.refresh()
+        return DECLINED
+
+    def hook_connect(self, session):
+        self.refresh()
+        return DECLINED
+
+    def refresh(self):
+        """Read the map again when the file changed (a cache of the file,
+        the same for every connection of this process)."""
         mtime = self._mtime()
         if mtime == self.mtime:
-            return DECLINED
+            return
         self.mtime = mtime
         try:
             fresh = self.read_map()
         except OSError as exc:
             self.log(LOGERROR, f"cannot read {self.path}: {exc.strerror or exc}; "
                                "keeping the previous map")
-            return DECLINED
+            return
         if not fresh:
             self.log(LOGERROR, f"empty map file {self.path}; keeping the previous map")
-            return DECLINED
+            return
         self.map = fresh
-        return DECLINED
 
     def hook_rcpt(self, session, recipient, params):
         if not recipient.host or not recipient.user:
@@ -126,7 +137,9 @@ class RcptMap(Plugin):
         return entries
 
     def _mtime(self):
+        """What tells a changed file: modification time, size and inode."""
         try:
-            return os.stat(self.path).st_mtime_ns
+            st = os.stat(self.path)
         except OSError:
             return None
+        return st.st_mtime_ns, st.st_size, st.st_ino

@@ -95,23 +95,41 @@ class RcptOk(Plugin):
         return None
 
     def is_in_rcpthosts(self, host):
-        for line in [self.config("me") or ""] + self.config_list("rcpthosts"):
-            words = line.split()
-            if not words:
-                continue
-            allowed = words[0].lower()
-            if host == allowed:
-                self.log_pass(f"{host} in rcpthosts")
-                return True
-            if allowed.startswith(".") and host.endswith(allowed) \
-                    and _PLAIN_HOST.match(host):
+        me = (self.config("me") or "").split()
+        if me and host == me[0].lower():
+            self.log_pass(f"{host} in rcpthosts")
+            return True
+        exact, suffixes = self.parsed_config("rcpthosts", _parse_rcpthosts)
+        first = exact.get(host)
+        for index, allowed in suffixes:
+            if first is not None and index >= first:
+                break
+            if host.endswith(allowed) and _PLAIN_HOST.match(host):
                 self.log_pass(f"{host} in rcpthosts as {allowed}")
                 return True
+        if first is not None:
+            self.log_pass(f"{host} in rcpthosts")
+            return True
         return False
 
     def is_in_morercpthosts(self, host):
-        if host in self.config_map("morercpthosts"):
+        if host in self.parsed_config_map("morercpthosts"):
             self.log_pass(f"{host} found in morercpthosts")
             return True
         self.log_fail(f"{host} not in morercpthosts")
         return False
+
+
+def _parse_rcpthosts(lines):
+    """``({domain: line index}, [(line index, .suffix)])`` of rcpthosts, in
+    lower case: parsed once per change of the file, not per recipient."""
+    exact, suffixes = {}, []
+    for index, line in enumerate(lines):
+        words = line.split()
+        if not words:
+            continue
+        allowed = words[0].lower()
+        exact.setdefault(allowed, index)
+        if allowed.startswith("."):
+            suffixes.append((index, allowed))
+    return exact, suffixes

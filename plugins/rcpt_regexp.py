@@ -38,8 +38,33 @@ class RcptRegexp(Plugin):
         if not recipient.host or not recipient.user:
             return DECLINED
         rcpt = f"{recipient.user}@{recipient.host}".lower()
-        for line in self.config_list("rcpt_regexp"):
+        for pattern, regex, code, name, message in self.parsed_config(
+                "rcpt_regexp", self.parse_rules):
+            if regex is None:
+                if pattern.lower() != rcpt:
+                    continue
+                self.log(LOGDEBUG, f"String {pattern.lower()} matched {rcpt}, "
+                                   f"returning {name}")
+            else:
+                if not regex.search(rcpt):
+                    continue
+                self.log(LOGDEBUG, f"RE {pattern} matched {rcpt}, returning {name}")
+            if code.is_deny:
+                self.log_fail(f"{rcpt} matched {pattern}")
+            elif code != DECLINED:
+                self.log_pass(f"{rcpt} matched {pattern}")
+            return (code, message) if message else code
+        return DECLINED
+
+    def parse_rules(self, lines):
+        """``[(pattern, regex or None, code, code name, message)]`` from
+        config/rcpt_regexp: compiled once per change of the file, not per
+        recipient; bad lines are logged then and left out."""
+        rules = []
+        for line in lines:
             words = line.split(None, 2)
+            if not words:
+                continue
             pattern = words[0]
             if len(pattern) > 1 and pattern.startswith("/") and pattern.endswith("/"):
                 try:
@@ -57,19 +82,6 @@ class RcptRegexp(Plugin):
                 self.log(LOGWARN, f"rcpt_regexp - '{words[1]}' is not a valid "
                                   "constant, ignoring this line")
                 continue
-            if regex is None:
-                if pattern.lower() != rcpt:
-                    continue
-                self.log(LOGDEBUG, f"String {pattern.lower()} matched {rcpt}, "
-                                   f"returning {words[1]}")
-            else:
-                if not regex.search(rcpt):
-                    continue
-                self.log(LOGDEBUG, f"RE {pattern} matched {rcpt}, returning {words[1]}")
             message = words[2].strip() if len(words) > 2 else ""
-            if code.is_deny:
-                self.log_fail(f"{rcpt} matched {pattern}")
-            elif code != DECLINED:
-                self.log_pass(f"{rcpt} matched {pattern}")
-            return (code, message) if message else code
-        return DECLINED
+            rules.append((pattern, regex, code, words[1], message))
+        return tuple(rules)

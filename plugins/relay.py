@@ -6,9 +6,9 @@ recipient from them, and ``is_immune`` lets them skip most checks). The
 places are searched in this order; the first that decides wins:
 
 1. ``config/norelayclients``: a client listed here is never a relay
-   client, whatever the other places say (``RELAYCLIENT`` is removed from
-   the environment too). Lines are an IP address or a prefix ending in
-   ``.`` or ``:`` (``192.0.2.``, ``2001:db8:1:``).
+   client, whatever the other places say (``RELAYCLIENT`` included). Lines
+   are an IP address or a prefix ending in ``.`` or ``:`` (``192.0.2.``,
+   ``2001:db8:1:``).
 2. the environment variable ``RELAYCLIENT``: when it is set (even empty, as
    tcpserver rules like ``127.:allow,RELAYCLIENT=""`` set it) the client
    is a relay client. Read at connect time, so the per-connection
@@ -29,9 +29,16 @@ trailing colon (``2001:0db8``). An IPv4 client seen on an IPv6 socket
 (``::ffff:192.0.2.7``) is matched as IPv4. Hex digits are compared in
 lower case.
 
-Fixed on purpose (the original's bug): a CIDR network includes its first
+Fixed on purpose (the original's bugs): a CIDR network includes its first
 and last address (``192.0.2.0/24`` matches ``192.0.2.0`` and
-``192.0.2.255``); the original left both out.
+``192.0.2.255``); the original left both out. A client in
+``norelayclients`` no longer deletes ``RELAYCLIENT`` from the process
+environment (a worker serves further connections, and the variable would
+be gone for them); it is ignored for that connection only.
+
+The three files are parsed once per process and again only when they
+change; an unchanged ``morerelayclients.cdb`` costs one ``stat()`` per
+connection.
 
 Arguments:
 
@@ -63,9 +70,6 @@ class Relay(Plugin):
         self.args = self.parse_args(args)
         if self.args.get("only") not in (None, "", "0"):
             self.register_hook("rcpt", self.relay_only)
-        # Parsed relayclients, keyed by the lines they came from: a cache of
-        # configuration, the same for every connection.
-        self._relayclients = (None, (), frozenset())
 
     # -- connect ---------------------------------------------------------------
 
@@ -74,12 +78,12 @@ class Relay(Plugin):
         remote_ip = connection.remote_ip
         keys = ip_prefixes(remote_ip)
 
-        no_relay = {_normal_entry(line.split()[0])
-                    for line in self.config_list("norelayclients")}
+        no_relay = self.parsed_config("norelayclients", _entry_set)
         hit = next((key for key in keys if key in no_relay), None)
         if hit is not None:
+            # RELAYCLIENT is ignored for this connection; the process
+            # environment is left alone for the next one.
             connection.relay_client = False
-            os.environ.pop("RELAYCLIENT", None)
             self.log_fail(f"disabled by norelayclients ({hit})")
             return DECLINED
 
@@ -116,7 +120,7 @@ class Relay(Plugin):
             self.log_pass(f"octet matched localhost ({remote_ip})")
             return True
         _, prefixes = self.relayclients()
-        more = self.config_map("morerelayclients")
+        more = self.parsed_config_map("morerelayclients")
         for key in keys:
             if key in prefixes:
                 self.log_pass(f"octet match in relayclients ({key})")
@@ -129,12 +133,13 @@ class Relay(Plugin):
 
     def relayclients(self):
         """``(networks, addresses and prefixes)`` from ``config/relayclients``."""
-        lines = tuple(self.config_list("relayclients"))
-        cached_lines, networks, prefixes = self._relayclients
-        if lines == cached_lines:
-            return networks, prefixes
+        return self.parsed_config("relayclients", self.parse_relayclients)
+
+    def parse_relayclients(self, lines):
         networks, prefixes = [], set()
         for line in lines:
+            if not line.split():
+                continue
             entry = line.split()[0]
             if "/" in entry:
                 try:
@@ -143,8 +148,7 @@ class Relay(Plugin):
                     self.log(LOGWARN, f"ignoring invalid network in relayclients: {entry}")
                 continue
             prefixes.add(_normal_entry(entry))
-        self._relayclients = (lines, tuple(networks), frozenset(prefixes))
-        return self._relayclients[1:]
+        return tuple(networks), frozenset(prefixes)
 
     # -- rcpt (only with "only 1") ------------------------------------------------
 
@@ -156,6 +160,9 @@ class Relay(Plugin):
         return DENY
 
 
+def _entry_set(lines):
+    """``norelayclients`` lines as the set of lookup keys they name."""
+    return frozenset(_normal_entry(line.split()[0]) for line in lines if line.split())
 
 
 def _normal_entry(entry):

@@ -179,6 +179,41 @@ class Plugin:
     def config_map(self, name):
         return self.app.config.get_map(name)
 
+    def parsed_config(self, name, parse):
+        """``parse(lines)`` for the lines of ``config/<name>`` (as
+        ``config_list`` gives them, the config hook included), worked out
+        once per process and again only when the lines change.
+
+        For the parsed form of a configuration file (networks, compiled
+        patterns, sets): it is kept on the plugin, keyed by the lines it
+        came from, so it is configuration shared by every connection, never
+        connection state. ``parse`` must not depend on the session; what it
+        logs is logged once per change, in the session that noticed it.
+        """
+        lines = tuple(self.config_list(name))
+        cache = self.__dict__.setdefault("_parsed_config", {})
+        entry = cache.get(name)
+        if entry is not None and entry[0] == lines:
+            return entry[1]
+        value = parse(lines)
+        cache[name] = (lines, value)
+        return value
+
+    def parsed_config_map(self, name, parse=None):
+        """``parse(mapping)`` (the mapping itself without ``parse``) of
+        ``config/<name>.cdb``, read once per process and again only when the
+        file changes (``Config.mtime_key``): no copy of a large map per
+        connection. Treat the result as read-only."""
+        key = self.app.config.mtime_key(name + ".cdb")
+        cache = self.__dict__.setdefault("_parsed_config", {})
+        entry = cache.get(name + ".cdb")
+        if entry is not None and entry[0] == key:
+            return entry[1]
+        mapping = self.config_map(name)
+        value = parse(mapping) if parse is not None else mapping
+        cache[name + ".cdb"] = (key, value)
+        return value
+
     @property
     def resolver(self):
         """The process's shared DNS resolver (``qpsmtpd.dns``)."""

@@ -48,9 +48,19 @@ unreadable file: 0). That variable is meant for tests only: a store opened
 while it is set logs a warning. Redis expires entries by its own clock; an
 expiry is only ever housekeeping, never a decision, so the two may differ.
 
-Connections are made lazily and per process: a connection inherited through
-``fork()`` is never used (SQLite forbids it) — it is set aside unclosed,
-since closing it could checkpoint the WAL under the parent's feet.
+Connections are made lazily and per process, and kept for every session the
+process serves (a forkserver worker serves many): one SQLite connection or
+one Redis client per backend and process. SQLite connections never cross a
+``fork()``: the forking process closes its own first (``os.register_at_fork``),
+and a connection that was inherited anyway (the pid changed) is never used
+— it is set aside unclosed, since closing it could checkpoint the WAL under
+the parent's feet. A SQLite connection that failed (anything but the busy
+timeout), or whose transaction could not be rolled back, is closed and the
+next operation opens a new one, so one bad moment does not break the
+sessions after it. One whose file was removed or replaced (one ``stat()``
+per operation) is set aside and a new one opened, so that writes never go
+to a deleted file. Redis clients reconnect by themselves (redis-py drops a
+connection that failed, and a client made before a fork is replaced).
 """
 
 import ipaddress
@@ -224,7 +234,8 @@ CREATE TABLE IF NOT EXISTS entries (
 """
 _LIVE = "(expires IS NULL OR expires > ?)"
 
-# Connections inherited through fork(): kept referenced, never closed.
+# Connections inherited through fork() (a fork the at-fork handlers did not
+# see) or left for a file that was replaced: kept referenced, never closed.
 _inherited = []
 
 
@@ -236,16 +247,22 @@ class SQLiteBackend:
         self.path = url[len("sqlite:"):]
         self._connection = None
         self._pid = None
-        # A process serves one session, but in-process tests run several
-        # sessions in threads over the one connection.
+        self._file = None       # (st_dev, st_ino) of the file when opened
+        # A worker serves one session at a time, but in-process tests run
+        # several sessions in threads over the one connection.
         self._lock = threading.RLock()
 
     def _db(self):
         if self._connection is not None and self._pid == os.getpid():
-            return self._connection
+            if self._file == _file_id(self.path):
+                return self._connection
+            # The file was removed or replaced: write to the one there now.
+            # The old connection is set aside unclosed, as closing it could
+            # touch the -wal file of the new one.
         if self._connection is not None:
             _inherited.append(self._connection)
             self._connection = None
+        db = None
         try:
             directory = os.path.dirname(self.path)
             if directory:
@@ -256,9 +273,50 @@ class SQLiteBackend:
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
+            if db is not None:
+                _close(db)
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
         self._connection, self._pid = db, os.getpid()
+        self._file = _file_id(self.path)
         return db
+
+    def _discard(self):
+        """Close this process's connection; the next operation opens one."""
+        db, self._connection, self._file = self._connection, None, None
+        if db is not None:
+            _close(db)
+
+    def _failed(self, db, exc=None):
+        """After a failure: no transaction may stay open on the connection
+        the next session gets. A SQLite error ``exc`` other than the busy
+        timeout closes the connection too; ``exc`` None (the caller's own
+        exception) keeps it."""
+        if db is not self._connection:
+            return
+        if db.in_transaction:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                self._discard()
+                return
+        if exc is not None and not _is_busy(exc):
+            self._discard()
+
+    # fork: the parent closes its connection first (os.register_at_fork
+    # below), so that no child inherits SQLite's state for an open file -
+    # its locks would not be the child's, and SQLite shares that state with
+    # every connection the child opens to the same file.
+
+    def _before_fork(self):
+        self._lock.acquire()
+        if self._connection is not None and self._pid == os.getpid():
+            self._discard()
+
+    def _after_fork_in_parent(self):
+        self._lock.release()
+
+    def _after_fork_in_child(self):
+        self._lock = threading.RLock()
 
     def _run(self, work):
         """``work(db)`` inside one IMMEDIATE transaction."""
@@ -268,19 +326,24 @@ class SQLiteBackend:
                 db.execute("BEGIN IMMEDIATE")
                 try:
                     result = work(db)
+                except sqlite3.Error:
+                    raise
                 except BaseException:
-                    db.execute("ROLLBACK")
+                    self._failed(db)
                     raise
                 db.execute("COMMIT")
                 return result
             except sqlite3.Error as exc:
+                self._failed(db, exc)
                 raise StoreError(f"{self.path}: {exc}") from exc
 
     def _read(self, sql, args):
         with self._lock:
+            db = self._db()
             try:
-                return self._db().execute(sql, args).fetchall()
+                return db.execute(sql, args).fetchall()
             except sqlite3.Error as exc:
+                self._failed(db, exc)
                 raise StoreError(f"{self.path}: {exc}") from exc
 
     def get(self, name, key):
@@ -330,6 +393,50 @@ class SQLiteBackend:
         return self._run(lambda db: db.execute(
             "DELETE FROM entries WHERE store = ? AND expires IS NOT NULL "
             "AND expires <= ?", (name, now())).rowcount)
+
+
+def _before_fork():
+    for backend in list(_backends.values()):
+        if isinstance(backend, SQLiteBackend):
+            backend._before_fork()
+
+
+def _after_fork(child):
+    for backend in list(_backends.values()):
+        if isinstance(backend, SQLiteBackend):
+            if child:
+                backend._after_fork_in_child()
+            else:
+                backend._after_fork_in_parent()
+
+
+os.register_at_fork(before=_before_fork,
+                    after_in_parent=lambda: _after_fork(False),
+                    after_in_child=lambda: _after_fork(True))
+
+
+def _file_id(path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _is_busy(exc):
+    """The busy timeout ran out (another writer held the lock): nothing is
+    wrong with the connection."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if name:
+        return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def _close(db):
+    try:
+        db.close()
+    except sqlite3.Error:
+        pass
 
 
 def _live_row(db, name, key):

@@ -342,6 +342,53 @@ def test_garbage_record_reads_as_zero(site, url):
     assert record(url) == [0, 0, 1, 1]
 
 
+def test_one_store_connection_serves_every_session(site, url):
+    # A worker serving sessions one after another keeps its one SQLite
+    # connection (opened by the first session that needed it).
+    from qpsmtpd import store as store_module
+    connect = site(url, "evidence connect_karma -3", "karma")
+    finish(connect())
+    connection = store_module._backends[url]._connection
+    assert connection is not None
+    finish(connect(remote_ip="198.51.100.8"))
+    assert store_module._backends[url]._connection is connection
+    assert record(url)[1:] == [1, 0, 1]
+    assert record(url, "198.51.100.8")[1:] == [1, 0, 1]
+
+
+def test_a_failed_write_does_not_break_the_next_session(site, url):
+    # One process serving two connections in a row (a forkserver worker):
+    # the first one's store write fails half-way (COMMIT), the second one
+    # must be recorded normally, on the same backend.
+    import sqlite3
+
+    from qpsmtpd import store as store_module
+    connect = site(url, "evidence connect_karma -3", "karma")
+    first = connect()
+    backend = store_module._backends[url]
+    real = backend._connection
+
+    class FailingCommit:
+        in_transaction = property(lambda self: real.in_transaction)
+
+        def execute(self, sql, *args):
+            if sql == "COMMIT":
+                raise sqlite3.OperationalError("disk I/O error")
+            return real.execute(sql, *args)
+
+        def close(self):
+            real.close()
+
+    backend._connection = FailingCommit()
+    finish(first)
+    assert log(first, "(disconnect) karma: error, store: ")
+    assert record(url) is None
+    second = connect()
+    finish(second)
+    assert sum("(disconnect) karma: error" in line for line in second.log) == 1
+    assert record(url)[1:] == [1, 0, 1]
+
+
 # -- karma_tool --------------------------------------------------------------------------------
 
 def tool(*argv):

@@ -243,6 +243,19 @@ def test_file_unwritable_path_is_reported_once(logged_session, tmp_path, capsys)
     assert not builtin_session_lines(client)
 
 
+def test_file_failing_outputs_remembered_are_bounded(logged_session, tmp_path, capsys):
+    # One output per connection (%i) that cannot be opened, for as long as a
+    # worker lives: the set of reported outputs must not grow without end.
+    app, client = logged_session(
+        [f"logging/file loglevel LOGINFO {tmp_path}/missing-dir/c-%i.log"])
+    client.close()
+    plugin = app.dispatcher.plugins[0]
+    for number in range(250):
+        plugin._report(f"{tmp_path}/missing-dir/c-{number}.log", "cannot open")
+    assert len(plugin._reported) <= 100
+    capsys.readouterr()
+
+
 def test_file_missing_path_stops_start_up(make_app):
     with pytest.raises(PluginError, match="Malformed arguments to logging/file"):
         make_app([], {"logging": ["logging/file loglevel LOGINFO reopen"]})

@@ -178,9 +178,15 @@ def test_two_domains_keep_their_own_maps(map_session, map_file, tmp_path):
     assert client.cmd("RCPT TO:<sales@example.org>").code == 550
 
 
+def bump_mtime(path):
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+
+
 def test_reload_in_pre_connection(map_session, map_file, make_app):
     app = make_app([f"rcpt_map domain example.org file {map_file}", "rcpt_ok"],
                    {"rcpthosts": ["example.org"]})
+    plugin = app.dispatcher.plugins[0]
 
     def forkserver_accepts():
         connection = Connection(remote_ip="192.0.2.10")
@@ -188,27 +194,40 @@ def test_reload_in_pre_connection(map_session, map_file, make_app):
                 "local_port": 25, "max_conn_ip": 0, "child_addrs": []}
         app.dispatcher.run_hooks(PreConnection(app, connection), "pre-connection", info)
 
-    def bump_mtime():
-        st = os.stat(map_file)
-        os.utime(map_file, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
-
     write_map(pathlib.Path(map_file), ["new@example.org OK"])
-    bump_mtime()
-    client = map_session([], app=app)
-    assert client.cmd("RCPT TO:<new@example.org>").code == 550   # not re-read yet
-    forkserver_accepts()
+    bump_mtime(map_file)
+    assert "new@example.org" not in plugin.map
+    forkserver_accepts()     # the parent re-reads it, so new workers start with it
+    assert "new@example.org" in plugin.map
     client = map_session([], app=app)
     assert client.cmd("RCPT TO:<new@example.org>").code == 250
     assert client.cmd("RCPT TO:<me@example.org>").code == 550
 
     # an emptied map keeps the previous one
     write_map(pathlib.Path(map_file), ["# nothing"])
-    bump_mtime()
+    bump_mtime(map_file)
     forkserver_accepts()
     assert any(f"empty map file {map_file}; keeping the previous map" in line
                for line in app.captured_log)
     client = map_session([], app=app)
     assert client.cmd("RCPT TO:<new@example.org>").code == 250
+
+
+def test_a_reused_worker_sees_an_edited_map(map_session, map_file, make_app):
+    # One process serving connection after connection, no pre-connection
+    # hook in between (that runs in the forkserver's parent): the second
+    # connection must still see the map as it is now.
+    app = make_app([f"rcpt_map domain example.org file {map_file}", "rcpt_ok"],
+                   {"rcpthosts": ["example.org"]})
+    first = map_session([], app=app)
+    assert first.cmd("RCPT TO:<me@example.org>").code == 250
+    assert first.cmd("RCPT TO:<new@example.org>").code == 550
+    first.cmd("QUIT")
+    write_map(pathlib.Path(map_file), ["new@example.org OK"])
+    bump_mtime(map_file)
+    second = map_session([], app=app)
+    assert second.cmd("RCPT TO:<new@example.org>").code == 250
+    assert second.cmd("RCPT TO:<me@example.org>").code == 550
 
 
 @pytest.mark.parametrize("args, error", [

@@ -148,10 +148,15 @@ def test_norelayclients_no_match(smtp_session, relay_app, ip):
 
 def test_norelayclients_beats_the_environment(smtp_session, relay_app, monkeypatch):
     monkeypatch.setenv("RELAYCLIENT", "")
-    client = connect(smtp_session, relay_app(), "192.0.99.5")
+    app = relay_app(relayclients=["# none"])
+    client = connect(smtp_session, app, "192.0.99.5")
     assert client.session.connection.relay_client is False
     assert client.log_contains("fail, disabled by norelayclients (192.0.99.5)")
-    assert "RELAYCLIENT" not in os.environ
+    # For this connection only: a worker serves the next one with the
+    # environment it was started with.
+    assert os.environ.get("RELAYCLIENT") == ""
+    client.close()
+    assert is_relay_client(smtp_session, app, "203.0.113.9") is True
 
 
 # -- RELAYCLIENT -----------------------------------------------------------------
@@ -188,6 +193,41 @@ def test_morerelayclients_no_match(smtp_session, relay_app, tmp_path):
     app = relay_app(relayclients=["# none"])
     write_cdb(str(tmp_path / "config" / "morerelayclients.cdb"), {b"203.0.113.7": b""})
     assert is_relay_client(smtp_session, app, "203.0.113.70") is False
+
+
+# -- parsed once per process --------------------------------------------------------
+
+def test_files_are_parsed_once_and_again_after_an_edit(smtp_session, relay_app, tmp_path):
+    app = relay_app(relayclients=["192.0.2.0/24", "198.51.100."])
+    relay = app.dispatcher.plugins[0]
+    plugin_globals = type(relay).hook_connect.__globals__
+    parsed = []
+    parse_relayclients, entry_set = relay.parse_relayclients, plugin_globals["_entry_set"]
+    relay.parse_relayclients = lambda lines: parsed.append("relayclients") or \
+        parse_relayclients(lines)
+    plugin_globals["_entry_set"] = lambda lines: parsed.append("norelayclients") or \
+        entry_set(lines)
+    maps = []
+    get_map = app.config.get_map
+    app.config.get_map = lambda name: maps.append(name) or get_map(name)
+    cdb = str(tmp_path / "config" / "morerelayclients.cdb")
+    write_cdb(cdb, {b"203.0.113.7": b""})
+    try:
+        for ip, expected in (("192.0.2.9", True), ("198.51.100.1", True),
+                             ("203.0.113.7", True), ("203.0.113.8", False)):
+            assert is_relay_client(smtp_session, app, ip) is expected
+        assert sorted(parsed) == ["norelayclients", "relayclients"]
+        assert maps == ["morerelayclients"]
+
+        (tmp_path / "config" / "relayclients").write_text("203.0.113.0/24\n")
+        write_cdb(cdb, {b"192.0.2.": b"", b"10.": b""})
+        assert is_relay_client(smtp_session, app, "203.0.113.8") is True
+        assert is_relay_client(smtp_session, app, "192.0.2.9") is True    # from the map
+        assert is_relay_client(smtp_session, app, "198.51.100.1") is False
+        assert sorted(parsed) == ["norelayclients", "relayclients", "relayclients"]
+        assert maps == ["morerelayclients", "morerelayclients"]
+    finally:
+        plugin_globals["_entry_set"] = entry_set
 
 
 # -- relay only ---------------------------------------------------------------------

@@ -222,6 +222,123 @@ def test_sqlite_garbage_file_is_a_store_error(tmp_path):
         store.set("1", "x")
 
 
+# -- one connection per process, for every session it serves ---------------------------
+
+class FlakyConnection:
+    """A sqlite3 connection whose next COMMIT (or ROLLBACK) fails once."""
+
+    def __init__(self, real, fail_on, error):
+        self.real, self.fail_on, self.error = real, fail_on, error
+        self.closed = False
+
+    def execute(self, sql, *args):
+        if self.fail_on and sql.startswith(self.fail_on):
+            self.fail_on = None
+            raise self.error
+        return self.real.execute(sql, *args)
+
+    @property
+    def in_transaction(self):
+        return self.real.in_transaction
+
+    def close(self):
+        self.closed = True
+        self.real.close()
+
+
+def _backend(store):
+    return store_module._backends[store.url]
+
+
+def test_sqlite_connection_is_kept_for_the_next_session(tmp_path):
+    store = open_store(f"sqlite:{tmp_path / 'q.sqlite'}", "karma")
+    store.set("1", "a")
+    first = _backend(store)._connection
+    again = open_store(f"sqlite:{tmp_path / 'q.sqlite'}", "greylisting")
+    again.set("2", "b")
+    assert store.get("1") == "a"
+    assert _backend(store)._connection is first
+
+
+@pytest.mark.parametrize("fail_on", ["COMMIT", "ROLLBACK"])
+def test_sqlite_failure_leaves_no_transaction_for_the_next_session(tmp_path, fail_on):
+    path = tmp_path / "q.sqlite"
+    store = open_store(f"sqlite:{path}", "karma")
+    store.set("1", "before")
+    backend = _backend(store)
+    flaky = FlakyConnection(backend._connection, fail_on,
+                            sqlite3.OperationalError("disk I/O error"))
+    backend._connection = flaky
+
+    def change(old):
+        if fail_on == "ROLLBACK":
+            raise ValueError("a plugin's bug")
+        return "during"
+
+    with pytest.raises(StoreError if fail_on == "COMMIT" else ValueError):
+        store.update("1", change)
+    # The next session: the connection was closed, a new one works.
+    assert flaky.closed and backend._connection is None
+    assert store.get("1") == "before"
+    store.set("1", "after")
+    assert store.get("1") == "after"
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM entries").fetchall() == [("after",)]
+
+
+def test_sqlite_busy_timeout_keeps_the_connection(tmp_path):
+    store = open_store(f"sqlite:{tmp_path / 'q.sqlite'}", "karma")
+    store.set("1", "a")
+    backend = _backend(store)
+    busy = sqlite3.OperationalError("database is locked")
+    flaky = FlakyConnection(backend._connection, "COMMIT", busy)
+    backend._connection = flaky
+    with pytest.raises(StoreError, match="locked"):
+        store.set("1", "b")
+    assert backend._connection is flaky and not flaky.in_transaction
+    store.set("1", "c")
+    assert store.get("1") == "c"
+
+
+def test_sqlite_file_removed_between_sessions(tmp_path):
+    path = tmp_path / "q.sqlite"
+    store = open_store(f"sqlite:{path}", "karma")
+    store.set("1", "old")
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(f"{path}{suffix}"):
+            os.remove(f"{path}{suffix}")
+    store.set("2", "new")      # not into the deleted file
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT key, value FROM entries").fetchall() == [("2", "new")]
+    assert store.get("1") is None
+
+
+def test_sqlite_connection_does_not_cross_fork(tmp_path):
+    store = open_store(f"sqlite:{tmp_path / 'q.sqlite'}", "karma")
+    store.set("1", "parent")
+    backend = _backend(store)
+    assert backend._connection is not None
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:    # the child: nothing inherited, its own connection
+        try:
+            os.close(reader)
+            ok = backend._connection is None and store.get("1") == "parent"
+            store.set("2", "child")
+            ok = ok and backend._connection is not None
+            os.write(writer, b"ok" if ok else b"bad")
+        finally:
+            os._exit(0)
+    os.close(writer)
+    answer = os.read(reader, 16)
+    os.close(reader)
+    os.waitpid(pid, 0)
+    assert answer == b"ok"
+    assert backend._connection is None      # closed before the fork
+    assert store.get("2") == "child"
+    assert backend._connection is not None
+
+
 # -- Redis specifics --------------------------------------------------------------------
 
 def test_redis_keys_carry_the_store_name(redis_server):

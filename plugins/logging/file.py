@@ -65,6 +65,7 @@ from qpsmtpd.plugin import Plugin, PluginError
 
 DEFAULT_TSFORMAT = "%a %b %d %T %Y"
 RETRY_SECONDS = 10
+REPORTED_LIMIT = 100    # failing outputs remembered (each reported once)
 SESSION_NOTE = "logging-session-id"
 LOGGED_NOTE = "file-logged-this-session"
 REOPENED_NOTE = "file-reopened-this-session"
@@ -189,5 +190,9 @@ class File(Plugin):
         self._retry_after = time.monotonic() + RETRY_SECONDS
         if output in self._reported:
             return
+        if len(self._reported) >= REPORTED_LIMIT:
+            # outputs named by session (%i) or date would otherwise pile up
+            # for as long as the process lives
+            self._reported.clear()
         self._reported.add(output)
         write_stderr(f"{os.getpid()} {self.name}: {text}")
