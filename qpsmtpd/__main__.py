@@ -18,7 +18,6 @@ A configuration that cannot be loaded answers the client ``421`` and logs
 the reason, so a broken deployment never accepts mail silently.
 """
 
-import argparse
 import os
 import socket
 import sys
@@ -31,17 +30,11 @@ from .plugin import PluginError
 from .smtp import SMTP
 
 
+PROG = "qpsmtpd"
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="qpsmtpd",
-        description="Serve one SMTP session on fd 0/1 (tcpserver, inetd, systemd).")
-    parser.add_argument("--config-dir", action="append", metavar="DIR",
-                        help="configuration directory (repeatable; searched first)")
-    parser.add_argument("--plugin-doc", metavar="NAME",
-                        help="print the manual of plugin NAME and exit")
-    parser.add_argument("--hooks", action="store_true",
-                        help="print the hook order of config/plugins and exit")
-    options = parser.parse_args(argv)
+    options = parse_options(sys.argv[1:] if argv is None else argv)
     os.environ.pop("ENV", None)
     config_dirs = config_search_path(options.config_dir)
 
@@ -57,7 +50,7 @@ def main(argv=None):
         peer = sock.getpeername()
     except OSError as exc:
         sys.stderr.write(
-            f"getpeername failed: {parser.prog} must be called from tcpserver, "
+            f"getpeername failed: {PROG} must be called from tcpserver, "
             f"(x)inetd or a similar program which passes a socket to stdin ({exc})\n")
         return 1
     connection = Connection.from_environment(os.environ)
@@ -73,6 +66,55 @@ def main(argv=None):
     SMTP(app, io, connection).run()
     io.close()
     return 0
+
+
+class _Options:
+    """What ``parse_options`` found (argparse's names)."""
+
+    def __init__(self, config_dir=None, plugin_doc=None, hooks=False):
+        self.config_dir = config_dir
+        self.plugin_doc = plugin_doc
+        self.hooks = hooks
+
+
+def parse_options(args):
+    """The command line; ``argparse`` only for what a session never uses.
+
+    Every connection starts this program, so the usual command lines (none,
+    or ``--config-dir DIR`` / ``--config-dir=DIR``, repeated) are read here
+    without importing ``argparse`` (and the ``gettext``/``locale`` it pulls
+    in). Anything else — ``--help``, ``--plugin-doc``, ``--hooks``, an
+    abbreviation, a mistake — goes to ``argparse``, which answers as it
+    always did.
+    """
+    config_dirs = []
+    position = 0
+    while position < len(args):
+        arg = args[position]
+        if arg == "--config-dir" and position + 1 < len(args) \
+                and not args[position + 1].startswith("-"):
+            config_dirs.append(args[position + 1])
+            position += 2
+        elif arg.startswith("--config-dir="):
+            config_dirs.append(arg[len("--config-dir="):])
+            position += 1
+        else:
+            return _parse_with_argparse(args)
+    return _Options(config_dir=config_dirs or None)
+
+
+def _parse_with_argparse(args):
+    import argparse
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Serve one SMTP session on fd 0/1 (tcpserver, inetd, systemd).")
+    parser.add_argument("--config-dir", action="append", metavar="DIR",
+                        help="configuration directory (repeatable; searched first)")
+    parser.add_argument("--plugin-doc", metavar="NAME",
+                        help="print the manual of plugin NAME and exit")
+    parser.add_argument("--hooks", action="store_true",
+                        help="print the hook order of config/plugins and exit")
+    return parser.parse_args(args)
 
 
 def config_search_path(extra_dirs):

@@ -44,9 +44,9 @@ have come to depend on it:
 
 from __future__ import annotations
 
+import collections
 import functools
 import re
-from typing import NamedTuple
 
 # Letters, digits and the RFC 5321 atext specials.
 atom_expr = r"[a-zA-Z0-9!#%&*+=?^_`{|}~$'/-]+"
@@ -71,12 +71,9 @@ qtext_expr = r"[\x01-\x08\x0b\x0c\x0e-\x1f\x21\x23-\x5b\x5d-\x7f]"
 text_expr = r"[\x01-\x09\x0b\x0c\x0e-\x7f]"
 
 
-class _Grammar(NamedTuple):
-    source_route: re.Pattern
-    domain: re.Pattern
-    atom: re.Pattern
-    quoted: re.Pattern
-    quoted_pair: re.Pattern
+# The compiled patterns (plain namedtuple: no ``typing`` at start-up).
+_Grammar = collections.namedtuple(
+    "_Grammar", ("source_route", "domain", "atom", "quoted", "quoted_pair"))
 
 
 # No DOTALL: a path with a newline in it is not a path ("missing delimiters").
@@ -122,9 +119,10 @@ def _grammar():
                     domain_expr, qtext_expr, text_expr)
 
 
-# Compiled at import, in the daemon's parent: a forked worker inherits the
-# patterns instead of compiling them again for every connection.
-_grammar()
+# Compiled at first use, not at import: the per-connection program
+# reaches its banner without them. A daemon compiles them in its parent
+# before forking (``qpsmtpd.app.warm_imports()``), so a forked worker
+# inherits the patterns instead of compiling them for every connection.
 
 
 def canonify(path):

@@ -14,6 +14,14 @@ for its one session. It holds:
 Plugin directories: ``config/plugin_dirs`` when present, else ``./plugins``
 (the working directory, as qpsmtpd's run scripts start in the install
 directory) followed by the ``plugins/`` folder of this source tree.
+
+Start-up of the per-connection program: what an ordinary session does not
+need before its banner is imported (or compiled) at first use —
+``qpsmtpd.auth`` when a plugin offers AUTH, ``qpsmtpd.cdb`` with the first
+``.cdb`` map, ``traceback`` when something fails, the address grammar at
+the first MAIL or RCPT. A daemon that forks calls ``warm_imports()``
+before it forks, so its workers inherit all of that instead of each
+paying for it.
 """
 
 import os
@@ -59,8 +67,9 @@ class App:
         for line in logging_lines:
             self.log(LOGINFO, f"Loaded {line}")
         self.dispatcher.load(self.config.get_list("plugins"))
-        from .auth import warn_cleartext
-        warn_cleartext(self)
+        if self.dispatcher.offers_auth():
+            from .auth import warn_cleartext
+            warn_cleartext(self)
         return self
 
     def spool_dir(self):
@@ -82,3 +91,22 @@ class App:
         if name in _NOT_HOOKED:
             return None
         return self.dispatcher.run_config(name)
+
+
+def warm_imports():
+    """Import and compile now what sessions would otherwise load at first
+    use (see the module docstring).
+
+    For a daemon's parent, before it forks (and before ``gc.freeze()``):
+    the workers then share these modules and patterns copy-on-write. The
+    per-connection program does not call it. Safe to call more than once.
+    """
+    import hashlib  # noqa: F401  (qpsmtpd.auth's password checks)
+    import hmac  # noqa: F401
+    import secrets  # noqa: F401
+    import shutil  # noqa: F401  (Transaction.close of temp_dir() users)
+    import traceback  # noqa: F401  (crash paths of dispatch and smtp)
+
+    from . import auth, cdb  # noqa: F401  (AUTH; .cdb maps)
+    from .address import _grammar
+    _grammar()

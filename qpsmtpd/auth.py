@@ -63,13 +63,14 @@ password hash for the SQL-backed auth plugins (see ``hash_password``).
 
 import base64
 import binascii
-import hashlib
-import hmac
 import os
-import secrets
 import sys
 import time
 import warnings
+
+# hashlib, hmac and secrets (OpenSSL's libcrypto, several milliseconds) are
+# imported by the functions that check or make passwords: a plugin that
+# imports this module does not slow every connection's start-up.
 
 from .constants import (
     DECLINED, DENY, DENY_DISCONNECT, DENYSOFT, DENYSOFT_DISCONNECT, LOGERROR,
@@ -255,6 +256,7 @@ def _login(session, initial):
 def _cram_md5(session, initial):
     if initial is not None:
         raise _Refusal(501, "CRAM-MD5 takes no initial response", "5.5.2")
+    import secrets
     ticket = f"<{secrets.randbits(32):x}.{int(time.time()):x}@{session.me}>"
     response = _decode(_ask(session, base64.b64encode(ticket.encode()).decode()))
     user, _, digest = response.strip().rpartition(" ")
@@ -312,6 +314,8 @@ def validate_password(plugin, src_clear=None, src_crypt=None, attempt_clear=None
     "<plugin> - wrong password")``. ``<plugin>`` is the plugin's file name
     (``auth_flat_file``). Comparisons take constant time.
     """
+    import hashlib
+    import hmac
     name = plugin.config_name.rsplit("/", 1)[-1].split(":", 1)[0]
     if not src_clear and not src_crypt:
         plugin.log(LOGINFO, "fail, no such user")
@@ -360,6 +364,7 @@ def check_password_hash(stored, password, log=None):
         computed = crypt.crypt(password, stored)
     except (OSError, ValueError):
         computed = None
+    import hmac
     return bool(computed) and hmac.compare_digest(computed, stored)
 
 
@@ -369,6 +374,7 @@ _PBKDF2_DIGESTS = {"pbkdf2": ("sha1", 20), "pbkdf2-sha256": ("sha256", 32),
 
 def hash_password(password, rounds=PBKDF2_ROUNDS, salt=None):
     """A ``$pbkdf2-sha256$`` hash of ``password`` (passlib-compatible)."""
+    import hashlib
     salt = os.urandom(16) if salt is None else salt
     digest = hashlib.pbkdf2_hmac("sha256", _bytes(password), salt, rounds)
     return f"$pbkdf2-sha256${rounds}${_ab64(salt)}${_ab64(digest)}"
@@ -386,6 +392,8 @@ def _check_pbkdf2(stored, password):
         return False
     if not 0 < rounds <= 10_000_000 or len(expected) != size:
         return False
+    import hashlib
+    import hmac
     digest = hashlib.pbkdf2_hmac(algorithm, _bytes(password), salt, rounds)
     return hmac.compare_digest(digest, expected)
 

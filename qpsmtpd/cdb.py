@@ -58,7 +58,6 @@ import os
 import stat
 import struct
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 
 __all__ = ["CDBError", "CDBWriter", "cdb_hash", "iter_cdb", "parse_cdb",
@@ -172,6 +171,7 @@ class CDBWriter:
     def __init__(self, path):
         self.path = os.fspath(path)
         directory = os.path.dirname(os.path.abspath(self.path))
+        import tempfile  # writers only: readers (config maps) do without it
         fd, self._temp_path = tempfile.mkstemp(
             prefix="." + os.path.basename(self.path) + ".", suffix=".tmp",
             dir=directory)

@@ -95,7 +95,6 @@ import socket
 import stat
 from collections.abc import Callable
 
-from .cdb import CDBError, read_cdb
 from .constants import LOGDEBUG, LOGERROR, LOGWARN
 
 __all__ = ["Config", "default_dirs", "DEFAULT_DIRS", "BUILTIN_DEFAULT_TIMEOUT",
@@ -266,6 +265,8 @@ class Config:
         elif key[0] == "error":
             problem = os.strerror(key[1])
         else:
+            # Imported with the first map: most sessions read none.
+            from .cdb import CDBError, read_cdb
             try:
                 raw = read_cdb(path)
             except OSError as exc:

@@ -29,14 +29,13 @@ purpose:
   ``HookWatchdog``.
 """
 
+import collections
 import importlib
 import importlib.util
 import os
 import sys
 import threading
 import time
-import traceback
-from typing import NamedTuple
 
 from .constants import (
     DECLINED, DENYSOFT, HOOKS, LOGCRIT, LOGDEBUG, LOGERROR, LOGINFO, Code,
@@ -58,21 +57,18 @@ _PARSE_HOOKS = frozenset(("mail_parse", "rcpt_parse", "auth_parse",
                           "helo_parse", "ehlo_parse"))
 
 
-class HookResult(NamedTuple):
-    """What ``run_hooks`` decided.
+# A plain namedtuple, not typing.NamedTuple: ``typing`` costs the
+# per-connection program a few milliseconds of start-up.
+HookResult = collections.namedtuple(
+    "HookResult", ("code", "messages", "plugin", "crashed", "values"),
+    defaults=((), None, False, ()))
+HookResult.__doc__ = """What ``run_hooks`` decided.
 
-    ``code`` is a ``Code`` (``DECLINED`` when nobody decided); ``messages``
-    the reply lines the deciding plugin gave (may be empty); ``plugin`` its
-    name; ``crashed`` is True when a plugin raised; ``values`` the raw
-    extra values (parse hooks return a callable there).
-    """
-
-    code: Code
-    messages: tuple = ()
-    plugin: str = None
-    crashed: bool = False
-    values: tuple = ()
-
+``code`` is a ``Code`` (``DECLINED`` when nobody decided); ``messages``
+the reply lines the deciding plugin gave (may be empty); ``plugin`` its
+name; ``crashed`` is True when a plugin raised; ``values`` the raw
+extra values (parse hooks return a callable there).
+"""
 
 DECLINED_RESULT = HookResult(DECLINED)
 
@@ -208,7 +204,7 @@ class Dispatcher:
         except Exception as exc:
             raise PluginError(
                 f"plugin {config_name} failed to register: {exc!r}\n"
-                + traceback.format_exc()) from exc
+                + _format_exc()) from exc
         if usable is False:
             self.app.log(LOGINFO, "plugin disabled itself, no hooks registered",
                          plugin=plugin.name)
@@ -220,8 +216,8 @@ class Dispatcher:
         self.plugins.append(plugin)
         if getattr(plugin, "_disabled", False):
             return
-        for hook in HOOKS:
-            method = getattr(plugin, hook_method_name(hook), None)
+        for hook, method_name in _HOOK_METHOD_NAMES:
+            method = getattr(plugin, method_name, None)
             if method is not None and callable(method):
                 self._register(plugin, hook, method, False)
         for hook, method, unshift in plugin._extra_hooks:
@@ -263,6 +259,12 @@ class Dispatcher:
 
     def has_hook(self, hook):
         return bool(self.hooks.get(hook))
+
+    def offers_auth(self):
+        """True when a plugin answers an ``auth`` hook, i.e. the engine
+        offers AUTH (without importing ``qpsmtpd.auth``)."""
+        hooks = self.hooks
+        return any(hooks[hook] for hook in AUTH_HOOKS)
 
     def run_hooks(self, session, hook, *args):
         """Run ``hook``'s callbacks; return the deciding ``HookResult``."""
@@ -410,11 +412,24 @@ class Dispatcher:
     def _log_crash(self, plugin, hook, exc):
         log = self.app.log
         log(LOGCRIT, f"FATAL PLUGIN ERROR [{plugin.name}]: {exc!r}", hook=hook)
-        for line in traceback.format_exc().rstrip().splitlines():
+        for line in _format_exc().rstrip().splitlines():
             log(LOGCRIT, line, hook=hook, plugin=plugin.name)
 
 
 _VALID_CODES = frozenset(int(c) for c in Code)
+
+# (hook, "hook_<name>") for every hook, worked out once, not per plugin.
+_HOOK_METHOD_NAMES = tuple((hook, hook_method_name(hook)) for hook in HOOKS)
+
+# The hooks that make the engine offer AUTH (see ``qpsmtpd.auth.mechanisms``).
+AUTH_HOOKS = tuple(hook for hook in HOOKS if hook == "auth" or hook.startswith("auth-"))
+
+
+def _format_exc():
+    # traceback (with linecache, tokenize, textwrap) is only needed when
+    # something went wrong: not imported at start-up.
+    import traceback
+    return traceback.format_exc()
 
 
 def _has_instance_suffix(config_name):
@@ -432,7 +447,7 @@ def _import_file(path, escaped_name):
     except Exception as exc:
         sys.modules.pop(module_name, None)
         raise PluginError(f"cannot load plugin file {path}: {exc!r}\n"
-                          + traceback.format_exc()) from exc
+                          + _format_exc()) from exc
     return module
 
 

@@ -65,9 +65,10 @@ import re
 import socket
 import threading
 import time
-import traceback
 
-from . import __version__, auth
+# qpsmtpd.auth and traceback are imported where they are used (AUTH offered,
+# a command failing): the per-connection program starts without them.
+from . import __version__
 from .address import Address
 from .command import CommandSyntaxError, parse_path
 from .constants import (
@@ -303,6 +304,7 @@ class SMTP:
             raise
         except Exception as exc:
             self.log(LOGERROR, f"XX: {exc!r}")
+            import traceback
             for text in traceback.format_exc().rstrip().splitlines():
                 self.log(LOGERROR, text)
             self.respond(451, "Internal error - try again later - command "
@@ -492,7 +494,10 @@ class SMTP:
         if self._esc_enabled:
             capabilities.append("ENHANCEDSTATUSCODES")
         capabilities.extend(self.transaction.notes.get("capabilities") or ())
-        mechanisms = auth.mechanisms(self.app.dispatcher)
+        mechanisms = ()
+        if self.app.dispatcher.offers_auth():
+            from . import auth
+            mechanisms = auth.mechanisms(self.app.dispatcher)
         if mechanisms:
             # AUTH is a command from here on; while STARTTLS must come first
             # it is withheld from the list and answered 503.
@@ -961,6 +966,7 @@ class SMTP:
 
     def smtp_auth(self, rest):
         """RFC 4954 AUTH; see ``qpsmtpd.auth``."""
+        from . import auth
         auth.smtp_auth(self, rest)
 
     # -- the small verbs -------------------------------------------------------------

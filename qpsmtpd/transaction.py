@@ -23,7 +23,6 @@ DATA, STARTTLS, disconnect). Plugins read and change:
 import io
 import itertools
 import os
-import shutil
 import time
 
 from .spool import Spool
@@ -145,6 +144,7 @@ class Transaction:
             self.spool = None
         for path in self._temp_paths:
             if os.path.isdir(path) and not os.path.islink(path):
+                import shutil  # only temp_dir() users need it
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 try:
