@@ -35,14 +35,40 @@ A lookup never raises. Plugins that only want records use the list
 (``if not answer``); plugins that must tell "does not exist" from "could
 not find out" test ``answer.temporary`` / ``answer.status``.
 
-Cost and concurrency: the lookups a plugin asks together
-(``lookup_many``) run at the same time, so N lookups against a dead server
-cost one timeout, not N. They run on dnspython's asyncio resolver, each
-batch in its own short-lived event loop, in the calling thread; ``start``
-runs a batch in one background thread instead, so a plugin can ask at
-connect and read the answers at RCPT (``dnsbl``). A worker process stays
-single-threaded except for such a batch, which ends by itself within its
-timeout.
+How lookups run: no thread and no event loop. The queries are built with
+``dns.message`` and sent as UDP datagrams from non-blocking sockets (one
+per address family and batch, on a port the kernel picks at random; each
+query has a random id); ``select.poll`` waits for the answers. An answer
+counts only when it comes from a server the query was sent to and is a
+response to it (id and question), anything else is dropped. A try that
+gets no answer within dns_timeout/dns_tries is sent again, to the next
+server; SERVFAIL, REFUSED and the like send the lookup to the next server
+at once (the lookup fails when every server did so); an answer with the
+TC bit is asked again over TCP from the same server (blocking, within the
+try's time).
+
+Concurrency: the lookups asked together (``lookup_many``) run at the same
+time, so N lookups against a dead server cost one timeout, not N.
+``start`` sends a batch and returns at once; the answers wait in the
+sockets' receive buffers until ``PendingLookups.wait()`` reads them (so a
+plugin can ask at connect and read at RCPT: ``dnsbl``). ``wait`` first
+takes every answer already there, without waiting, then waits for the
+others and makes the tries still due. The time between ``start`` and
+``wait`` counts towards the first try only: when ``wait`` comes later than
+dns_timeout/dns_tries after ``start``, the second try goes out when
+``wait`` begins and the others follow on schedule. So ``wait`` blocks at
+most max(the rest of the timeout, the timeout x (tries-1)/tries): never
+more than one timeout, nothing for a lookup already answered, and nothing
+at all with dns_tries 1 once the timeout has passed since ``start``.
+``wait`` closes the batch's sockets; a batch never waited for closes them
+when it is dropped (``PendingLookups.close``, also called on garbage
+collection), e.g. with the connection whose notes held it.
+
+``warm_up()`` is for a daemon's parent, before it forks: it loads the
+record classes dnspython would otherwise import at a worker's first answer
+and runs one batch against a socket of its own on 127.0.0.1, so each
+worker finds that code loaded and already run (shared copy-on-write)
+instead of paying for it at its first lookup.
 
 Cache: per connection, in the connection note ``dns_cache`` (see
 ``connection_cache``), keyed by (name, type). Failures are cached too: a
@@ -51,24 +77,19 @@ server costs each name at most one timeout per connection. At most
 ``CACHE_LIMIT`` answers are kept; later ones are simply not cached.
 """
 
-import asyncio
 import ipaddress
-import threading
+import select
+import socket
+import struct
 import time
 
-import dns._asyncio_backend  # noqa: F401  (loaded in the parent, not per worker)
-import dns.asyncbackend
-import dns.asyncresolver
-try:
-    import sniffio  # noqa: F401  (dnspython asks it which event loop runs)
-except ImportError:
-    pass
+import dns.entropy
 import dns.exception
+import dns.flags
+import dns.message
 import dns.name
-import dns.nameserver
+import dns.rcode
 import dns.rdatatype
-import dns.resolver
-import dns.reversename
 
 from .constants import LOGERROR, LOGWARN
 
@@ -81,7 +102,7 @@ DEFAULT_TIMEOUT = 5.0
 DEFAULT_TRIES = 2
 CACHE_LIMIT = 2000
 EDNS_PAYLOAD = 1232     # the size DNS operators agreed on (no fragmentation)
-_GRACE = 0.1            # how much longer than its timeout a background batch may take
+RESOLV_CONF = "/etc/resolv.conf"
 
 
 class Answer(list):
@@ -133,6 +154,15 @@ class Resolver:
         self.timeout = float(timeout)
         self.tries = max(1, int(tries))
         self._log = log
+        # (family, socket address) to send to; the (address, port) an
+        # answer must come from -> the indexes of the servers it may be
+        self._servers = []
+        self._by_address = {}
+        for index, (ip, port) in enumerate(self.nameservers):
+            address = ipaddress.ip_address(ip)
+            family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+            self._servers.append((family, (ip, port)))
+            self._by_address.setdefault((address, port), []).append(index)
 
     @classmethod
     def from_config(cls, config, log=None):
@@ -172,138 +202,101 @@ class Resolver:
     def lookup_many(self, queries, cache=None, timeout=None):
         """Several ``(name, type)`` lookups at once; a list of ``Answer`` in
         the same order. Costs at most one ``timeout`` in all."""
-        return self.start(queries, cache, timeout, background=False).wait()
+        return self.start(queries, cache, timeout).wait()
 
-    def start(self, queries, cache=None, timeout=None, background=True):
-        """Begin ``queries`` now and return ``PendingLookups``; ``wait()``
-        gives the answers. With ``background`` the lookups run in a thread
-        while the caller carries on."""
+    def start(self, queries, cache=None, timeout=None):
+        """Send ``queries`` now and return ``PendingLookups`` at once;
+        ``wait()`` reads the answers (see the module's notes for how long
+        it may block)."""
         return PendingLookups(self, list(queries), cache,
-                              self.timeout if timeout is None else float(timeout),
-                              background)
+                              self.timeout if timeout is None else float(timeout))
 
-    # -- the machinery ---------------------------------------------------------------
-
-    def _run_batch(self, keys, timeout):
-        """Answers for ``keys`` ((name, type) pairs, normalised); never raises."""
-        if not keys:
-            return []
+    def _server_indexes(self, peer):
+        """The indexes of the servers at ``peer`` (a recvfrom address)."""
         try:
-            return asyncio.run(self._batch(keys, timeout))
-        except Exception as exc:   # a bug here must not end the session
-            self._log_error(f"DNS lookups failed: {exc!r}")
-            return [Answer(name, rdtype, status=TEMPFAIL, error="resolver error")
-                    for name, rdtype in keys]
-
-    async def _batch(self, keys, timeout):
-        stub = self._stub(timeout)
-        tasks = [asyncio.ensure_future(self._one(stub, name, rdtype))
-                 for name, rdtype in keys]
-        done, pending = await asyncio.wait(tasks, timeout=timeout)
-        for task in pending:
-            task.cancel()
-        answers = []
-        for task, (name, rdtype) in zip(tasks, keys):
-            if task in done:
-                answers.append(task.result())
-            else:
-                answers.append(Answer(name, rdtype, status=TEMPFAIL, error="timeout"))
-        return answers
-
-    def _stub(self, timeout):
-        stub = dns.asyncresolver.Resolver(configure=False)
-        stub.nameservers = [dns.nameserver.Do53Nameserver(ip, port)
-                            for ip, port in self.nameservers]
-        stub.lifetime = timeout
-        stub.timeout = timeout / self.tries
-        stub.use_edns(0, 0, EDNS_PAYLOAD)
-        stub.cache = None
-        return stub
-
-    async def _one(self, stub, name, rdtype):
-        if not name:
-            return Answer(name, rdtype, status=NXDOMAIN, error="empty name")
-        try:
-            qname = dns.name.from_text(name)
-        except Exception as exc:
-            return Answer(name, rdtype, status=NXDOMAIN, error=f"invalid name: {exc}")
-        try:
-            answer = await stub.resolve(qname, rdtype, search=False,
-                                        raise_on_no_answer=False)
-        except dns.resolver.NXDOMAIN:
-            return Answer(name, rdtype, status=NXDOMAIN)
-        except dns.resolver.NoAnswer:
-            return Answer(name, rdtype, status=NODATA)
-        except dns.exception.Timeout:
-            return Answer(name, rdtype, status=TEMPFAIL, error="timeout")
-        except dns.resolver.NoNameservers as exc:
-            return Answer(name, rdtype, status=TEMPFAIL, error=_server_error(exc))
-        except dns.resolver.YXDOMAIN:
-            return Answer(name, rdtype, status=NXDOMAIN, error="YXDOMAIN")
-        except dns.exception.DNSException as exc:
-            return Answer(name, rdtype, status=TEMPFAIL, error=type(exc).__name__)
-        except OSError as exc:
-            return Answer(name, rdtype, status=TEMPFAIL, error=str(exc))
-        except Exception as exc:
-            self._log_error(f"DNS lookup of {name} {rdtype} failed: {exc!r}")
-            return Answer(name, rdtype, status=TEMPFAIL, error="resolver error")
-        records = [record_text(rdata) for rdata in _sorted(answer.rrset)] \
-            if answer.rrset is not None else []
-        return Answer(name, rdtype, records)
+            return self._by_address.get((ipaddress.ip_address(peer[0]), peer[1]), ())
+        except (ValueError, IndexError, TypeError):
+            return ()
 
     def _log_error(self, message):
         if self._log is not None:
             self._log(LOGERROR, message)
 
 
+class _Lookup:
+    """One (name, type) of a batch on the wire."""
+
+    __slots__ = ("key", "query", "wire", "sent", "turn", "asked", "failed", "answer")
+
+    def __init__(self, key):
+        self.key = key          # (name, type)
+        self.query = None       # the dns.message of the question
+        self.wire = None        # ... as sent
+        self.sent = 0           # tries sent on schedule
+        self.turn = 0           # the server the next datagram goes to
+        self.asked = set()      # servers it was sent to (over UDP)
+        self.failed = {}        # server index -> why it could not answer
+        self.answer = None      # an Answer once the lookup has ended
+
+
 class PendingLookups:
     """Lookups under way (``Resolver.start``); ``wait()`` returns the answers.
 
-    Answers already in ``cache`` are used as they are; the others are asked
-    at once, together. ``wait()`` blocks at most until the batch's timeout
-    has passed since ``start``, stores the answers in the cache, and returns
-    them in the order asked (the same list on later calls).
+    Answers already in ``cache`` are used as they are; the others are sent
+    at once, together. ``wait()`` takes the answers that arrived, waits for
+    the rest as the module's notes say (at most one timeout), stores the
+    answers in the cache, closes the sockets and returns the answers in the
+    order asked (the same list on later calls). ``close()`` drops a batch
+    without reading it; it also happens when the object is garbage.
     """
 
-    def __init__(self, resolver, queries, cache, timeout, background):
+    _sockets = None
+    _lookups = ()
+
+    def __init__(self, resolver, queries, cache, timeout):
         self.queries = [(_normal_name(name), _normal_type(rdtype))
                         for name, rdtype in queries]
         self.timeout = timeout
         self.started = time.monotonic()
+        self._resolver = resolver
         self._cache = cache
         self._answers = None
-        self._fresh = {}
+        self._sockets = {}      # family -> non-blocking UDP socket
+        self._poll = None
+        self._by_id = {}        # query id -> _Lookup
+        self._end = self._step = None
         known = {}
         if cache is not None:
             for key in self.queries:
                 if key in cache:
                     known[key] = cache[key]
         self._known = known
-        self._missing = list(dict.fromkeys(k for k in self.queries if k not in known))
-        self._thread = None
-        if not self._missing:
-            return
-        if background:
-            self._thread = threading.Thread(target=self._run, args=(resolver,),
-                                            name="dns-lookups", daemon=True)
-            self._thread.start()
-        else:
-            self._run(resolver)
+        self._lookups = [_Lookup(key) for key in
+                         dict.fromkeys(k for k in self.queries if k not in known)]
+        try:
+            for lookup in self._lookups:
+                self._prepare(lookup)
+                if lookup.answer is None:
+                    lookup.sent = 1
+                    self._send(lookup)
+        except Exception as exc:   # a bug here must not end the session
+            self._broken(exc)
 
-    def _run(self, resolver):
-        answers = resolver._run_batch(self._missing, self.timeout)
-        self._fresh = dict(zip(self._missing, answers))
+    # -- the answers ---------------------------------------------------------------
 
     def wait(self):
         if self._answers is not None:
             return self._answers
-        if self._thread is not None:
-            left = self.started + self.timeout + 2 * _GRACE - time.monotonic()
-            self._thread.join(max(0.0, left))
-        fresh = dict(self._fresh)
-        for key in self._missing:
-            if key not in fresh:   # the thread has not finished in time
-                fresh[key] = Answer(*key, status=TEMPFAIL, error="timeout")
+        try:
+            self._collect()
+        except Exception as exc:
+            self._broken(exc)
+        finally:
+            self.close()
+        fresh = {}
+        for lookup in self._lookups:
+            fresh[lookup.key] = lookup.answer if lookup.answer is not None else \
+                Answer(*lookup.key, status=TEMPFAIL, error="timeout")
         if self._cache is not None:
             for key, answer in fresh.items():
                 if len(self._cache) < CACHE_LIMIT:
@@ -312,8 +305,287 @@ class PendingLookups:
         self._answers = [found[key] for key in self.queries]
         return self._answers
 
+    def close(self):
+        """Close the sockets (``wait`` does; a batch never waited for is
+        closed when it is dropped). Answers not read by then are lost: a
+        later ``wait()`` returns at once, those lookups TEMPFAIL
+        ``cancelled``."""
+        sockets, self._sockets = self._sockets, {}
+        self._poll = None
+        for sock in (sockets or {}).values():
+            sock.close()
+        for lookup in self._lookups:
+            if lookup.answer is None:
+                lookup.answer = Answer(*lookup.key, status=TEMPFAIL, error="cancelled")
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _broken(self, exc):
+        self._resolver._log_error(f"DNS lookups failed: {exc!r}")
+        for lookup in self._lookups:
+            if lookup.answer is None:
+                lookup.answer = Answer(*lookup.key, status=TEMPFAIL, error="resolver error")
+
+    # -- the machinery ---------------------------------------------------------------
+
+    def _prepare(self, lookup):
+        """Build the query of ``lookup``, or end it when it cannot be asked."""
+        name, rdtype = lookup.key
+        if not name:
+            lookup.answer = Answer(name, rdtype, status=NXDOMAIN, error="empty name")
+            return
+        try:
+            qname = dns.name.from_text(name)
+        except Exception as exc:
+            lookup.answer = Answer(name, rdtype, status=NXDOMAIN,
+                                   error=f"invalid name: {exc}")
+            return
+        try:
+            wanted = dns.rdatatype.from_text(rdtype)
+            if dns.rdatatype.is_metatype(wanted):
+                raise dns.exception.DNSException("NoMetaqueries")
+            query = dns.message.make_query(qname, wanted, use_edns=0,
+                                           payload=EDNS_PAYLOAD)
+        except dns.exception.DNSException as exc:
+            error = str(exc) if type(exc) is dns.exception.DNSException \
+                else type(exc).__name__
+            lookup.answer = Answer(name, rdtype, status=TEMPFAIL, error=error)
+            return
+        while query.id in self._by_id:
+            query.id = dns.entropy.random_16()
+        lookup.query, lookup.wire = query, query.to_wire()
+        self._by_id[query.id] = lookup
+
+    def _send(self, lookup):
+        """Send ``lookup`` to the next server that has not failed it; when
+        every server has, the lookup ends."""
+        servers = self._resolver._servers
+        for _ in range(len(servers)):
+            index = lookup.turn % len(servers)
+            lookup.turn += 1
+            if index in lookup.failed:
+                continue
+            family, address = servers[index]
+            try:
+                self._socket(family).sendto(lookup.wire, address)
+            except OSError as exc:
+                lookup.failed[index] = exc.strerror or str(exc)
+                continue
+            lookup.asked.add(index)
+            return
+        self._give_up(lookup)
+
+    def _give_up(self, lookup):
+        reasons = ", ".join(dict.fromkeys(lookup.failed.values()))
+        lookup.answer = Answer(*lookup.key, status=TEMPFAIL,
+                               error=reasons or "no name server answered")
+
+    def _socket(self, family):
+        sock = self._sockets.get(family)
+        if sock is None:
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            self._sockets[family] = sock
+            if self._poll is not None:
+                self._poll.register(sock, select.POLLIN)
+        return sock
+
+    def _collect(self):
+        """Read answers and send tries until every lookup has ended."""
+        tries = self._resolver.tries
+        step = self.timeout / tries
+        now = time.monotonic()
+        base = max(self.started, now - step)   # try n is due at base + n * step
+        self._step, self._end = step, base + self.timeout
+        self._poll = select.poll()
+        for sock in self._sockets.values():
+            self._poll.register(sock, select.POLLIN)
+        while True:
+            self._read()
+            now = time.monotonic()
+            pending = [lookup for lookup in self._lookups if lookup.answer is None]
+            if not pending:
+                return
+            if now >= self._end:
+                for lookup in pending:
+                    lookup.answer = Answer(*lookup.key, status=TEMPFAIL, error="timeout")
+                return
+            wake = self._end
+            for lookup in pending:
+                if lookup.sent < tries and base + lookup.sent * step <= now:
+                    lookup.sent += 1
+                    self._send(lookup)
+                if lookup.answer is None and lookup.sent < tries:
+                    wake = min(wake, base + lookup.sent * step)
+            self._poll.poll(max(0, int((wake - time.monotonic()) * 1000) + 1))
+
+    def _read(self):
+        """Take every datagram waiting in the sockets."""
+        for sock in list(self._sockets.values()):
+            while True:
+                try:
+                    data, peer = sock.recvfrom(65535)
+                except OSError:    # nothing more (or an ICMP error): next socket
+                    break
+                self._datagram(data, peer)
+
+    def _datagram(self, data, peer):
+        if len(data) < 12:
+            return
+        lookup = self._by_id.get(int.from_bytes(data[:2], "big"))
+        if lookup is None or lookup.answer is not None:
+            return
+        index = next((i for i in self._resolver._server_indexes(peer)
+                      if i in lookup.asked), None)
+        if index is None:          # not from a server this query went to
+            return
+        try:
+            message = dns.message.from_wire(data, raise_on_truncation=True)
+            truncated = False
+        except dns.message.Truncated as exc:
+            message, truncated = exc.message(), True
+        except Exception:          # not a DNS message: dropped like a stray one
+            return
+        if not lookup.query.is_response(message):
+            return
+        if truncated:
+            self._ask_over_tcp(lookup, index)
+        else:
+            self._answered(lookup, index, message)
+
+    def _ask_over_tcp(self, lookup, index):
+        deadline = min(self._end, time.monotonic() + self._step)
+        try:
+            wire = _tcp_exchange(self._resolver._servers[index], lookup.wire, deadline)
+            message = dns.message.from_wire(wire)
+            if not lookup.query.is_response(message):
+                raise dns.exception.FormError("not an answer to the query")
+        except TimeoutError:
+            self._server_failed(lookup, index, "timeout")
+        except OSError as exc:
+            self._server_failed(lookup, index, exc.strerror or str(exc))
+        except Exception as exc:   # a malformed answer
+            self._server_failed(lookup, index, type(exc).__name__)
+        else:
+            self._answered(lookup, index, message)
+
+    def _answered(self, lookup, index, message):
+        name, rdtype = lookup.key
+        rcode = message.rcode()
+        if rcode == dns.rcode.NXDOMAIN:
+            lookup.answer = Answer(name, rdtype, status=NXDOMAIN)
+        elif rcode == dns.rcode.YXDOMAIN:
+            lookup.answer = Answer(name, rdtype, status=NXDOMAIN, error="YXDOMAIN")
+        elif rcode != dns.rcode.NOERROR:
+            self._server_failed(lookup, index, dns.rcode.to_text(rcode))
+        else:
+            try:
+                rrset = message.resolve_chaining().answer
+            except dns.exception.DNSException as exc:   # a CNAME chain too long ...
+                self._server_failed(lookup, index, type(exc).__name__)
+                return
+            try:
+                records = [record_text(rdata) for rdata in _sorted(rrset)] \
+                    if rrset is not None else []
+            except Exception as exc:
+                self._resolver._log_error(f"DNS lookup of {name} {rdtype} failed: {exc!r}")
+                lookup.answer = Answer(name, rdtype, status=TEMPFAIL, error="resolver error")
+                return
+            lookup.answer = Answer(name, rdtype, records)
+
+    def _server_failed(self, lookup, index, reason):
+        """``index`` cannot answer ``lookup``: on to the next server at once."""
+        lookup.failed[index] = reason
+        if len(lookup.failed) >= len(self._resolver._servers):
+            self._give_up(lookup)
+        else:
+            self._send(lookup)
+
+
+def _tcp_exchange(server, wire, deadline):
+    """Send ``wire`` to ``server`` over TCP, return the answer's wire;
+    ``TimeoutError`` at ``deadline`` (a ``time.monotonic()`` value)."""
+    family, address = server
+
+    def left():
+        seconds = deadline - time.monotonic()
+        if seconds <= 0:
+            raise TimeoutError("timeout")
+        return seconds
+
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(left())
+        sock.connect(address)
+        sock.settimeout(left())
+        sock.sendall(struct.pack("!H", len(wire)) + wire)
+
+        def read(size):
+            data = b""
+            while len(data) < size:
+                sock.settimeout(left())
+                chunk = sock.recv(size - len(data))
+                if not chunk:
+                    raise ConnectionResetError("connection closed by the server")
+                data += chunk
+            return data
+
+        return read(struct.unpack("!H", read(2))[0])
+
 
 # -- helpers ---------------------------------------------------------------------
+
+_WARM_RECORDS = {"A": "192.0.2.1", "AAAA": "2001:db8::1", "MX": "10 mx.example.",
+                 "NS": "ns.example.", "PTR": "host.example.", "CNAME": "host.example.",
+                 "TXT": '"v=spf1 -all"'}
+_warmed = False
+
+
+def warm_up():
+    """Prepare this process for lookups (for a daemon's parent, before it
+    forks and before ``gc.freeze()``; only the first call does anything).
+
+    Loads the record classes of the common types (dnspython loads them at
+    the first answer of each type) and runs one batch of lookups, one per
+    type, against a UDP socket of its own on 127.0.0.1 that answers from
+    made-up records: every path of a lookup has then run once in the
+    parent. Never raises; without a loopback interface it does less.
+    """
+    global _warmed
+    if _warmed:
+        return
+    _warmed = True
+    try:
+        import dns.rdata
+        import dns.rdataclass
+        import dns.rrset
+        for rdtype in list(_WARM_RECORDS) + ["SOA", "OPT"]:
+            dns.rdata.get_rdata_class(dns.rdataclass.IN, dns.rdatatype.from_text(rdtype))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+            server.bind(("127.0.0.1", 0))
+            server.settimeout(1)
+            resolver = Resolver([server.getsockname()], timeout=1, tries=1)
+            pending = resolver.start([("warm-up.invalid", rdtype) for rdtype in _WARM_RECORDS]
+                                     + [("nx.warm-up.invalid", "A")])
+            for _ in range(len(_WARM_RECORDS) + 1):
+                data, peer = server.recvfrom(65535)
+                query = dns.message.from_wire(data)
+                response = dns.message.make_response(query)
+                question = query.question[0]
+                rdtype = dns.rdatatype.to_text(question.rdtype)
+                if question.name.labels[0] == b"nx":
+                    response.set_rcode(dns.rcode.NXDOMAIN)
+                else:
+                    response.answer.append(dns.rrset.from_text(
+                        question.name, 60, "IN", rdtype, _WARM_RECORDS[rdtype]))
+                server.sendto(response.to_wire(), peer)
+            pending.wait()
+    except Exception:      # only an optimisation
+        pass
+
 
 def connection_cache(connection):
     """The answer cache of ``connection`` (its note ``dns_cache``), or None."""
@@ -347,11 +619,10 @@ def reverse_name(ip, resolver, cache=None, confirm=False, timeout=None):
 
 def ptr_name(ip):
     """``10.2.0.192.in-addr.arpa`` for 192.0.2.10 (nibbles for IPv6)."""
-    address = ip if isinstance(ip, (ipaddress.IPv4Address, ipaddress.IPv6Address)) \
-        else ip_address(ip)
+    address = ip_address(ip)
     if address is None:
         raise ValueError(f"not an IP address: {ip!r}")
-    return dns.reversename.from_address(str(address)).to_text(omit_final_dot=True)
+    return address.reverse_pointer
 
 
 def reverse_ip(ip):
@@ -431,29 +702,21 @@ def parse_nameserver(text):
     return str(address), port
 
 
-def system_nameservers():
-    """``(ip, 53)`` for each nameserver of /etc/resolv.conf (may be empty)."""
+def system_nameservers(path=RESOLV_CONF):
+    """``(ip, port)`` for each ``nameserver`` line of /etc/resolv.conf (may
+    be empty)."""
     try:
-        system = dns.resolver.Resolver()
-    except Exception:
+        with open(path, encoding="utf-8", errors="replace") as lines:
+            tokens = [line.split() for line in lines]
+    except OSError:
         return []
     servers = []
-    for server in system.nameservers:
-        parsed = parse_nameserver(str(server))
-        if parsed is not None:
-            servers.append(parsed)
+    for words in tokens:
+        if len(words) >= 2 and words[0] == "nameserver":
+            parsed = parse_nameserver(words[1])
+            if parsed is not None:
+                servers.append(parsed)
     return servers
-
-
-def _server_error(exc):
-    """``SERVFAIL``/``REFUSED``/... from dnspython's NoNameservers."""
-    reasons = []
-    for error in exc.kwargs.get("errors") or ():
-        reason = error[3] if len(error) > 3 else None
-        text = reason if isinstance(reason, str) else type(reason).__name__
-        if text not in reasons:
-            reasons.append(text)
-    return ", ".join(reasons) or "no name server answered"
 
 
 def _sorted(rrset):

@@ -239,8 +239,8 @@ class Plugin:
         return self.resolver.lookup_many(queries, _dns_cache(session), self.dns_timeout)
 
     def resolve_later(self, session, queries):
-        """Start ``queries`` in the background; ``.wait()`` on the result
-        gives the answers (at most one timeout after the start)."""
+        """Send ``queries`` now; ``.wait()`` on the result reads the answers
+        (blocking at most one timeout; see ``qpsmtpd.dns``)."""
         return self.resolver.start(queries, _dns_cache(session), self.dns_timeout)
 
     def resolve_a(self, session, name):

@@ -28,6 +28,12 @@ list of strings. Modes take names; ``*.zone`` means every name below zone::
     dns.servfail("broken.example")      dns.refuse("*.refused.example")
     dns.drop("*.dead.example")          dns.drop_all()
     dns.delay("slow.example", 0.5)      dns.tcp_only("big.example")
+    dns.forge("spoofed.example", "id")
+
+``forge(name, how)`` answers a UDP query twice: first a forged answer the
+client must ignore (records ``FORGED_A`` / ``FORGED_TXT``; ``how`` is
+``id``: another query id, ``address``: sent from another port, or
+``question``: for another name), then 0.2 s later the true one.
 
 ``dns.queries`` lists ``Query(name, rdtype, proto)``; ``dns.asked(name,
 rdtype=None)`` tells whether a name was asked. ``dns.config(timeout=1,
@@ -51,9 +57,13 @@ import time
 from typing import NamedTuple
 
 import pytest
-from dnslib import AAAA, CNAME, MX, NS, PTR, QTYPE, RCODE, RR, TXT, A, DNSRecord
+from dnslib import (AAAA, CNAME, MX, NS, PTR, QTYPE, RCODE, RR, TXT, A, DNSQuestion,
+                    DNSRecord)
 
 TTL = 60
+FORGED_A = "192.0.2.66"
+FORGED_TXT = "forged"
+FORGE_DELAY = 0.2
 CNAME_LIMIT = 8
 HERE = os.path.dirname(os.path.abspath(__file__))
 PLUGIN_DIRS = [os.path.join(HERE, "plugins"), os.path.join(os.path.dirname(HERE), "plugins")]
@@ -76,6 +86,7 @@ class DNSTestServer:
         self._stopping = threading.Event()
         self._threads = []
         self._open = []
+        self._forger = None      # the socket forged answers come from ("address")
         self.reset()
 
     # -- life cycle -----------------------------------------------------------
@@ -111,7 +122,9 @@ class DNSTestServer:
         self._stopping.set()
         for thread in self._threads:
             thread.join(2)
-        for sock in [self._udp, self._tcp] + self._open:
+        for sock in [self._udp, self._tcp] + self._open + [self._forger]:
+            if sock is None:
+                continue
             try:
                 sock.close()
             except OSError:
@@ -170,6 +183,13 @@ class DNSTestServer:
     def delay(self, name, seconds):
         return self._mode([name], "delay", seconds)
 
+    def forge(self, name, how="id"):
+        """Answer ``name`` over UDP first with a forged answer (``how``:
+        ``id``, ``address`` or ``question``), then with the true one."""
+        if how not in ("id", "address", "question"):
+            raise ValueError(f"unknown forgery {how}")
+        return self._mode([name], "forge", how)
+
     def tcp_only(self, *names):
         """Answer these over UDP with the TC bit and no records."""
         return self._mode(names, "tcp_only")
@@ -201,7 +221,8 @@ class DNSTestServer:
                 data, peer = self._udp.recvfrom(65535)
             except (socket.timeout, OSError):
                 continue
-            self._answer(data, "udp", lambda wire, peer=peer: self._udp.sendto(wire, peer))
+            self._answer(data, "udp", lambda wire, peer=peer: self._udp.sendto(wire, peer),
+                         peer)
 
     def _serve_tcp(self):
         while not self._stopping.is_set():
@@ -232,7 +253,7 @@ class DNSTestServer:
                 self._answer(message, "tcp",
                              lambda wire: _send_quietly(conn, struct.pack("!H", len(wire)) + wire))
 
-    def _answer(self, data, proto, send):
+    def _answer(self, data, proto, send, peer=None):
         try:
             request = DNSRecord.parse(data)
             question = request.questions[0]
@@ -261,6 +282,31 @@ class DNSTestServer:
             wire = truncated.pack()
         if mode == "delay":
             threading.Timer(argument, send, args=(wire,)).start()
+        elif mode == "forge" and proto == "udp":
+            self._send_forged(request, name, rdtype, argument, send, peer)
+            threading.Timer(FORGE_DELAY, send, args=(wire,)).start()
+        else:
+            send(wire)
+
+    def _send_forged(self, request, name, rdtype, how, send, peer):
+        forged = request.reply()
+        if how == "question":
+            name = "forged." + name
+            forged.questions = [DNSQuestion(name, request.q.qtype)]
+        if rdtype == "TXT":
+            forged.add_answer(RR(name, QTYPE.TXT, rdata=_txt(FORGED_TXT), ttl=TTL))
+        else:
+            forged.add_answer(RR(name, QTYPE.A, rdata=A(FORGED_A), ttl=TTL))
+        if how == "id":
+            forged.header.id = (request.header.id + 1) % 65536
+        wire = forged.pack()
+        if how == "address":
+            with self._lock:
+                if self._forger is None:
+                    family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+                    self._forger = socket.socket(family, socket.SOCK_DGRAM)
+                    self._forger.bind((self.host, 0))
+            self._forger.sendto(wire, peer)
         else:
             send(wire)
 

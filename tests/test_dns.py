@@ -1,9 +1,15 @@
 """qpsmtpd.dns: the resolver against the test DNS server (UDP and TCP on
 127.0.0.1), its configuration, the cache, timeouts, and the helpers."""
 
+import os
 import socket
+import subprocess
+import sys
+import threading
 import time
 
+import dns.flags
+import dns.message
 import pytest
 
 from qpsmtpd import dns as qdns
@@ -162,6 +168,215 @@ def test_waiting_late_costs_nothing(dns, resolver, elapsed):
     time.sleep(1.3)
     answers, seconds = elapsed(pending.wait)
     assert answers[0].temporary and seconds < 0.1
+
+
+# -- how it runs: plain sockets, answers read by wait() -------------------------------
+
+@pytest.fixture
+def silent_server():
+    """A UDP port that receives queries and never answers."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock
+
+
+def received(sock):
+    """The queries waiting on ``sock``: ``[(message, peer)]``."""
+    sock.setblocking(False)
+    queries = []
+    while True:
+        try:
+            data, peer = sock.recvfrom(65535)
+        except BlockingIOError:
+            return queries
+        queries.append((dns.message.from_wire(data), peer))
+
+
+def open_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_answers_that_arrived_meanwhile_are_read_without_waiting(dns, elapsed):
+    dns.add("a.example", "A", "192.0.2.1").add("b.example", "TXT", "hello")
+    resolver = Resolver([("127.0.0.1", dns.port)], timeout=1, tries=2)
+    pending, seconds = elapsed(resolver.start, [("a.example", "A"), ("b.example", "TXT"),
+                                                ("c.example", "A")])
+    assert seconds < 0.1
+    time.sleep(0.3)
+    dns.drop_all()          # from now on only what is in the socket counts
+    answers, seconds = elapsed(pending.wait)
+    assert answers == [["192.0.2.1"], ["hello"], []] and answers[2].status == NXDOMAIN
+    assert seconds < 0.05
+    assert len(dns.queries) == 3
+
+
+def test_dead_server_costs_one_timeout_for_a_batch(silent_server, elapsed):
+    resolver = Resolver([silent_server.getsockname()], timeout=1, tries=2)
+    names = [(f"n{i}.example", "A") for i in range(5)]
+    answers, seconds = elapsed(resolver.lookup_many, names)
+    assert [(a.status, a.error) for a in answers] == [(TEMPFAIL, "timeout")] * 5
+    assert 0.95 <= seconds < 1.5
+    queries = received(silent_server)
+    asked = sorted(m.question[0].name.to_text() for m, _ in queries)
+    assert asked == sorted([f"n{i}.example." for i in range(5)] * 2)     # two tries each
+
+
+def test_waiting_soon_after_start_keeps_the_schedule(silent_server, elapsed):
+    resolver = Resolver([silent_server.getsockname()], timeout=1, tries=2)
+    pending = resolver.start([("dead.example", "A")])
+    time.sleep(0.3)
+    answers, seconds = elapsed(pending.wait)      # ends 1 s after start
+    assert answers[0].temporary and 0.6 < seconds < 0.95
+    assert len(received(silent_server)) == 2
+
+
+def test_waiting_late_still_makes_the_other_tries(silent_server, elapsed):
+    """After the first try's time, the second goes out when wait() begins:
+    wait() then blocks (tries-1)/tries of the timeout, never more."""
+    resolver = Resolver([silent_server.getsockname()], timeout=1, tries=2)
+    pending = resolver.start([("dead.example", "A")])
+    time.sleep(1.2)
+    answers, seconds = elapsed(pending.wait)
+    assert answers[0].temporary and answers[0].error == "timeout"
+    assert 0.45 < seconds < 0.8
+    assert len(received(silent_server)) == 2
+
+
+def test_waiting_late_reaches_the_second_server(dns, silent_server, elapsed):
+    dns.add("example.com", "A", "192.0.2.1")
+    resolver = Resolver([silent_server.getsockname(), ("127.0.0.1", dns.port)],
+                        timeout=1, tries=2)
+    pending = resolver.start([("example.com", "A")])
+    time.sleep(1.2)
+    answers, seconds = elapsed(pending.wait)
+    assert answers == [["192.0.2.1"]] and seconds < 0.3
+    assert len(received(silent_server)) == 1
+
+
+def test_server_errors_go_to_the_next_server_at_once(dns, more_dns_servers, elapsed):
+    first = more_dns_servers().servfail("example.com", "both.example")
+    dns.add("example.com", "A", "192.0.2.1").refuse("both.example")
+    resolver = Resolver([("127.0.0.1", first.port), ("127.0.0.1", dns.port)],
+                        timeout=2, tries=2)
+    answers, seconds = elapsed(resolver.lookup_many, [("example.com", "A"),
+                                                      ("both.example", "A")])
+    assert answers[0] == ["192.0.2.1"]
+    assert answers[1].temporary and answers[1].error == "SERVFAIL, REFUSED"
+    assert seconds < 0.3
+
+
+@pytest.mark.parametrize("how", ["id", "address", "question"])
+@pytest.mark.parametrize("late", [False, True])
+def test_forged_answers_are_ignored(dns, resolver, elapsed, how, late):
+    from dns_fixtures import FORGED_A, FORGED_TXT
+    dns.add("spoofed.example", "A", "192.0.2.1").add("spoofed.example", "TXT", "true")
+    dns.forge("spoofed.example", how)
+    pending = resolver.start([("spoofed.example", "A"), ("spoofed.example", "TXT")])
+    if late:
+        time.sleep(0.5)     # the forged and the true answers are both waiting
+    answers, seconds = elapsed(pending.wait)
+    assert answers == [["192.0.2.1"], ["true"]]
+    assert FORGED_A not in answers[0] and FORGED_TXT not in answers[1]
+    assert seconds < 0.05 if late else 0.15 < seconds < 0.6
+
+
+def test_truncated_answer_read_late_is_asked_again_over_tcp(dns, resolver, elapsed):
+    dns.add("big.example.com", "A", "192.0.2.5").tcp_only("big.example.com")
+    dns.add("small.example.com", "A", "192.0.2.6")
+    pending = resolver.start([("big.example.com", "A"), ("small.example.com", "A")])
+    time.sleep(0.2)
+    answers, seconds = elapsed(pending.wait)
+    assert answers == [["192.0.2.5"], ["192.0.2.6"]] and seconds < 0.3
+    assert [q.proto for q in dns.queries if q.name == "big.example.com"] == ["udp", "tcp"]
+
+
+def test_truncated_answer_and_no_tcp_is_a_temporary_failure(silent_server, elapsed):
+    """The server of this test answers by hand: TC set, and nothing
+    listens on its TCP port."""
+    resolver = Resolver([silent_server.getsockname()], timeout=1, tries=1)
+    pending = resolver.start([("big.example", "TXT")])
+    [(query, peer)] = received(silent_server)
+    reply = dns.message.make_response(query)
+    reply.flags |= dns.flags.TC
+    silent_server.sendto(reply.to_wire(), peer)
+    answers, seconds = elapsed(pending.wait)
+    assert answers[0].temporary and answers[0].error == "Connection refused"
+    assert seconds < 0.3
+
+
+def test_no_thread_is_started(dns, resolver):
+    dns.add("example.com", "A", "192.0.2.1").drop("dead.example")
+    threads = set(threading.enumerate())
+    pending = resolver.start([("example.com", "A"), ("dead.example", "A")])
+    assert set(threading.enumerate()) <= threads
+    answers = pending.wait()
+    assert answers[0] == ["192.0.2.1"] and answers[1].temporary
+    assert set(threading.enumerate()) <= threads
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_sockets_are_closed_after_wait(dns, resolver):
+    dns.add("example.com", "A", "192.0.2.1")
+    before = open_fds()
+    pending = resolver.start([("example.com", "A"), ("nx.example", "A"), ("nx2.example", "A")])
+    assert open_fds() > before
+    pending.wait()
+    assert open_fds() == before
+    resolver.lookup_many([("example.com", "A"), ("example.com", "MX")])
+    assert open_fds() == before
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_a_batch_never_waited_for_closes_its_sockets(dns, resolver):
+    """dnsbl keeps its batch in the connection's notes until RCPT; a client
+    that leaves before RCPT drops it with the connection."""
+    dns.add("example.com", "A", "192.0.2.1")
+    before = open_fds()
+    connection = Connection(remote_ip="192.0.2.10")
+    connection.notes["dnsbl_lookups"] = (
+        [("zen.example", None)],
+        resolver.start([("10.2.0.192.zen.example", "TXT")], connection_cache(connection)))
+    assert open_fds() > before
+    del connection
+    assert open_fds() == before
+    pending = resolver.start([("example.com", "A")])
+    pending.close()
+    assert open_fds() == before
+    answers, seconds = timed_wait(pending)
+    assert answers[0].temporary and answers[0].error == "cancelled" and seconds < 0.05
+
+
+def timed_wait(pending):
+    started = time.monotonic()
+    answers = pending.wait()
+    return answers, time.monotonic() - started
+
+
+def test_warm_up_runs_a_batch_of_its_own(monkeypatch):
+    monkeypatch.setattr(qdns, "_warmed", False)
+    answers = []
+    real_wait = qdns.PendingLookups.wait
+    monkeypatch.setattr(qdns.PendingLookups, "wait",
+                        lambda self: answers.extend(real_wait(self)) or self._answers)
+    before = open_fds() if os.path.isdir("/proc/self/fd") else None
+    threads = set(threading.enumerate())
+    qdns.warm_up()
+    qdns.warm_up()          # once is enough
+    assert [a.status for a in answers] == [NOERROR] * 7 + [NXDOMAIN]
+    assert ["mx.example"] in answers and ["v=spf1 -all"] in answers
+    assert set(threading.enumerate()) <= threads
+    if before is not None:
+        assert open_fds() == before
+    assert "dns.rdtypes.ANY.MX" in sys.modules and "dns.rdtypes.IN.AAAA" in sys.modules
+
+
+def test_importing_the_module_starts_no_event_loop_machinery():
+    code = ("import sys, qpsmtpd.dns; "
+            "print(sorted(m for m in ('asyncio', 'dns.asyncresolver', 'dns.resolver', "
+            "'dns.query', 'concurrent.futures') if m in sys.modules))")
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True).stdout
+    assert output.strip() == "[]"
 
 
 # -- the per-connection cache --------------------------------------------------
