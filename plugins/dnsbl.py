@@ -3,7 +3,8 @@
 At connect the plugin asks every list of ``config/dnsbl_zones`` about the
 client's address, all lists at once and in the background: the greeting is
 not delayed. The answers are read at the first RCPT TO, which waits at
-most what is left of the DNS timeout. A listed client then gets, for every
+most one DNS timeout (answers that arrived meanwhile are taken at once;
+see qpsmtpd/dns.py for the retries of a late RCPT). A listed client then gets, for every
 recipient::
 
   550 <dnsbl_rejectmsg lines, if any>
@@ -171,6 +172,16 @@ class Dnsbl(Plugin):
             self.restore_deferred_reject(session, message)
             return DECLINED
         return self.get_reject(session, message, session.connection.notes.get("dnsbl_zone"))
+
+    # -- the end: a batch never read ---------------------------------------------------
+
+    def hook_post_connection(self, session):
+        """A client gone before RCPT: close the lookups' sockets now (a
+        reused worker would otherwise keep them until the next collection)."""
+        started = session.connection.notes.pop("dnsbl_lookups", None)
+        if started is not None:
+            started[1].close()
+        return DECLINED
 
     # -- helpers -------------------------------------------------------------------
 

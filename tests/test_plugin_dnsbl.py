@@ -313,3 +313,13 @@ def test_naughty_at_data_lets_mail_to_special_recipients_only(dns_session, liste
     assert client.cmd("RCPT TO:<postmaster@example.org>").code == 250
     assert client.cmd("RCPT TO:<user@example.org>").code == 250
     assert client.cmd("DATA").code == 554
+
+
+def test_a_client_gone_before_rcpt_leaves_no_dns_socket_open(dns_session, listed):
+    client = start(dns_session)
+    pending = notes(client)["dnsbl_lookups"][1]
+    assert pending._sockets                    # the queries went out at connect
+    assert client.cmd("QUIT").code == 221
+    client.close()                             # waits for the session's thread
+    assert "dnsbl_lookups" not in notes(client)
+    assert not pending._sockets                # closed at post-connection, not by gc
