@@ -60,7 +60,7 @@ import re
 import socket
 import sys
 
-from qpsmtpd.app import App
+from qpsmtpd.app import App, warm_imports
 from qpsmtpd.constants import LOGINFO, LOGWARN
 from qpsmtpd.forkserver import (
     DEFAULT_GRACE_PERIOD, DEFAULT_IDLE_CHILDREN, DEFAULT_MAX_REQUESTS, Server,
@@ -518,6 +518,9 @@ def start(options, inherited_fds=frozenset()):
             bound = []
         listeners += [(sock, None) for sock in bound]
         if options.user:
+            # What sessions import at first use, imported while every file
+            # of the installation is still readable.
+            warm_imports()
             drop_privileges(options.user)
         gc.disable()    # no collections while the shared heap is built
         app = build_app(config_dirs)

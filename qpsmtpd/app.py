@@ -25,6 +25,7 @@ paying for it.
 """
 
 import os
+import sys
 
 from .config import Config
 from .constants import LOGINFO
@@ -110,3 +111,6 @@ def warm_imports():
     from . import auth, cdb  # noqa: F401  (AUTH; .cdb maps)
     from .address import _grammar
     _grammar()
+    dns = sys.modules.get("qpsmtpd.dns")
+    if dns is not None:     # a DNS plugin is loaded: dnspython's lazy parts too
+        dns.warm_up()

@@ -22,8 +22,10 @@ and nothing else:
   ``fork failed: ...`` in the log) or an accept that runs out of file
   descriptors (accepting pauses 0.1 s, doubling up to 2 s) never ends the
   daemon.
-* The application (configuration and plugins) is built once, then
-  ``gc.freeze()`` moves it out of the collector's reach, so the pages stay
+* The application (configuration and plugins) is built once, what
+  sessions would load at first use is loaded (``Config.preload``,
+  ``app.warm_imports``), then ``gc.freeze()`` moves it out of the
+  collector's reach, so the pages stay
   shared with the children. SIGHUP builds a new one (a broken configuration
   keeps the running one, with a log line); sessions already running keep
   theirs.
@@ -76,7 +78,7 @@ import socket
 import time
 import traceback
 
-from .app import App
+from .app import App, warm_imports
 from .connection import Connection
 from .constants import (
     DENY, DENY_DISCONNECT, DENYSOFT, DENYSOFT_DISCONNECT, LOGCRIT, LOGDEBUG,
@@ -157,6 +159,7 @@ class Server:
         if self._wakeup is None:
             self.install_signals()
         self.app.config.preload()
+        warm_imports()
         freeze_heap()
         if self.notify:
             self.notify.send(f"READY=1\nMAINPID={os.getpid()}")
@@ -585,6 +588,7 @@ class Server:
         else:
             self.app = app
             app.config.preload()
+            warm_imports()
             freeze_heap()
             self.generation += 1
             for slot in list(self.idle):    # the new spares come with the next turn
