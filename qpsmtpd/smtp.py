@@ -9,7 +9,8 @@ plugin does. The shape follows RFC 5321 and qpsmtpd's ``Qpsmtpd::SMTP``:
   responder, which maps the hook's code to the reply (§2 of the reference);
 * policy lives in plugins: the engine refuses nothing the RFC or the
   configured limits do not require;
-* DATA is read line by line, dot-unstuffed and written to the spool as it
+* DATA is read line by line up to the end of the header, then in blocks
+  (``_receive_body``), dot-unstuffed and written to the spool as it
   arrives; ``databytes`` is enforced while reading, and only
   ``<CR><LF>.<CR><LF>`` ends the message. A bare LF or bare CR in DATA ends
   the session with ``521 5.5.2`` and nothing is queued, so no smuggled
@@ -722,6 +723,17 @@ class SMTP:
         monotonic = time.monotonic
         self.plugin_failed = False
         while True:
+            if at_line_start and not pending_cr and (
+                    not in_header or too_big or spool_error or line_too_long):
+                # The header is done (or nothing more will be stored): the
+                # rest goes in blocks, the same rules applied to many lines
+                # at once.
+                outcome = self._receive_body(size, max_size, too_big, spool_error,
+                                             line_too_long)
+                if outcome is None:
+                    return
+                size, too_big, spool_error, line_too_long = outcome
+                break
             piece = read_line(DATA_PIECE_LIMIT)
             if deadline is not None and monotonic() > deadline:
                 return self.session_expired()
@@ -828,6 +840,124 @@ class SMTP:
                 return
         self.log(LOGDEBUG, f"max_size: {max_size} / size: {size}")
         self.after_data()
+
+    def _receive_body(self, size, max_size, too_big, spool_error, line_too_long):
+        """The rest of DATA from the start of a line, read in blocks: the
+        line-by-line rules of ``receive_message`` applied with bytes
+        operations, so the same bytes reach the spool and the same reply
+        follows. Returns ``(size, too_big, spool_error, line_too_long)``
+        after the final dot, whatever follows it put back for the command
+        loop; None when the session ended (EOF, bare CR or LF, session
+        time)."""
+        io = self.io
+        read_block = io.read_block
+        transaction = self.transaction
+        write = transaction.body_write
+        max_line = self.max_data_line_length
+        deadline = self.session_deadline
+        monotonic = time.monotonic
+        held = []              # the start of a line whose LF has not arrived
+        held_size = 0
+        at_line_start = True   # held (else the next block) starts a line
+        line_length = 0        # bytes of the open line already passed on
+        while True:
+            block = read_block(DATA_PIECE_LIMIT)
+            if deadline is not None and monotonic() > deadline:
+                self.session_expired()
+                return None
+            if not block:
+                # As line by line: a CR in the unfinished last line is bare
+                # unless it is the last byte (its LF may have been coming).
+                if b"\r" in b"".join(held)[:-1]:
+                    self._bare_newline()
+                    return None
+                self.log(LOGINFO, "client closed the connection during DATA")
+                self.respond(451, "Incomplete DATA", esc="4.3.0")
+                self.client_eof()
+                return None
+            last = block.rfind(b"\n")
+            if last < 0 and held_size + len(block) <= DATA_PIECE_LIMIT:
+                held.append(block)
+                held_size += len(block)
+                continue
+            if held:
+                held.append(block)
+                data = b"".join(held)
+                if last >= 0:
+                    last += held_size
+            else:
+                data = block
+            start = 1 if at_line_start and data[:1] == b"." else 0
+            finished = False
+            if last < 0:
+                # A line longer than a block: pass its start on, all but a
+                # CR at the end, which may be the first half of its CR LF.
+                stop = len(data) - 1 if data[-1:] == b"\r" else len(data)
+                body = data[start:stop]
+                held = [data[stop:]] if stop < len(data) else []
+                held_size = len(data) - stop
+                if b"\r" in body:
+                    self._bare_newline()
+                    return None
+                at_line_start = False
+                if max_line and not line_too_long:
+                    line_length += len(body)
+                    line_too_long = line_length > max_line
+            else:
+                # Most blocks have no line that starts with a dot: one search
+                # rules out both the final dot and stuffed dots.
+                dot = data.find(b"\r\n.")
+                if start and data.startswith(b".\r\n"):
+                    stop = 0
+                elif dot >= 0:
+                    stop = data.find(b"\r\n.\r\n", dot)
+                    if stop >= 0:
+                        stop += 2
+                else:
+                    stop = -1
+                if stop >= 0:
+                    # the final dot: what follows it is the client's next
+                    # commands
+                    finished = True
+                    io.unread(data[stop + 3:])
+                    held = []
+                else:
+                    stop = last + 1
+                    held = [data[stop:]] if stop < len(data) else []
+                lines = data[start:stop] if start or stop < len(data) else data
+                held_size = len(data) - stop if held else 0
+                body = lines.replace(b"\r\n", b"\n")
+                # each CR LF became one byte shorter: every LF had its CR
+                # when there are as many LFs as bytes saved, and every CR
+                # its LF when no CR is left
+                if body.count(b"\n") != len(lines) - len(body) or b"\r" in body:
+                    self._bare_newline()
+                    return None
+                if dot >= 0:
+                    body = body.replace(b"\n.", b"\n")
+                if max_line and not line_too_long:
+                    line_too_long = _has_long_line(body, max_line, line_length)
+                at_line_start = True
+                line_length = 0
+            size += len(body)
+            if too_big or spool_error or line_too_long:
+                if transaction.spool is not None:
+                    transaction.spool.discard()
+            elif max_size and size > max_size:
+                too_big = True
+                if transaction.spool is not None:
+                    transaction.spool.discard()
+            elif body:
+                try:
+                    write(body)
+                except OSError as exc:
+                    # Read on to the final dot as line by line: 451 then.
+                    spool_error = exc
+                    self.log(LOGERROR, f"cannot write the message to the spool: {exc}")
+                    if transaction.spool is not None:
+                        transaction.spool.discard()
+            if finished:
+                return size, too_big, spool_error, line_too_long
 
     def _headers_end(self, header, header_size):
         transaction = self.transaction
@@ -1043,6 +1173,28 @@ class SMTP:
                 self.respond(502, "Command not implemented", esc="5.5.1")
             else:
                 self.respond(500, "Unrecognized command", esc="5.5.1")
+
+
+def _has_long_line(body, limit, open_length=0):
+    """True when a line of ``body`` (lines ending in LF; the first one
+    continues a line ``open_length`` bytes long) has more than ``limit``
+    bytes before its LF. Looks at one window of ``limit`` + 1 bytes per step
+    instead of at every line."""
+    pos = 0
+    size = len(body)
+    if open_length:
+        first = body.find(b"\n")
+        if first < 0:
+            first = size
+        if open_length + first > limit:
+            return True
+        pos = first + 1
+    while size - pos > limit:
+        newline = body.rfind(b"\n", pos, pos + limit + 1)
+        if newline < 0:
+            return True
+        pos = newline + 1
+    return False
 
 
 def _sender_address(path):
