@@ -691,3 +691,32 @@ def test_typical_site_with_a_dead_dns_server(dns_session, dns, monkeypatch, elap
     assert client.reply().code == 250
     assert b"iprev=temperror policy.iprev=192.0.2.10" in client.queued()[0]
     assert "naughty" not in client.session.connection.notes
+
+
+# -- the query on the wire ----------------------------------------------------------
+
+@pytest.mark.parametrize("name, rdtype", [
+    ("1.0.0.127.zen.example", "TXT"), ("_dmarc.example.com", "TXT"),
+    ("bücher.example", "MX"), ("a" * 63 + ".example", "A"), ("example", "NAPTR"),
+])
+def test_queries_are_what_dnspython_would_send(name, rdtype):
+    import dns.message
+    from qpsmtpd import dns as qdns
+    expected = dns.message.make_query(name, rdtype, use_edns=0, payload=qdns.EDNS_PAYLOAD)
+    expected.id = 0x1234
+    question = qdns._name_wire(name) + qdns._TYPE_CLASS.pack(qdns._type_number(rdtype), 1)
+    ours = qdns._HEADER.pack(0x1234, qdns._FLAG_RD, 1, 0, 0, 1) + question + qdns._OPT
+    assert ours == expected.to_wire()
+
+
+def test_an_answer_must_repeat_the_question():
+    import dns.message
+    from qpsmtpd import dns as qdns
+    query = dns.message.make_query("Host.Example", "A")
+    question = qdns._name_wire("host.example") + qdns._TYPE_CLASS.pack(1, 1)
+    answer = dns.message.make_response(query).to_wire()
+    assert qdns._answers_question(answer, question)           # case does not matter
+    assert not qdns._answers_question(query.to_wire(), question)       # not a response
+    other = dns.message.make_response(dns.message.make_query("host.example", "AAAA"))
+    assert not qdns._answers_question(other.to_wire(), question)
+    assert not qdns._answers_question(answer[:20], question)
