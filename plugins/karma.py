@@ -124,15 +124,21 @@ class Karma(Plugin):
         record = self.read_record(info.get("remote_ip"))
         if record is not None:
             self.history(session, record, bonus=False)
+            # connect uses it rather than reading the store again ((): none)
+            notes["karma_record"] = () if record is NO_RECORD else tuple(record)
         return DECLINED
 
     def hook_connect(self, session):
         notes = session.connection.notes
         notes.setdefault("karma", 0)
+        record = notes.pop("karma_record", None)     # read a moment ago by pre-connection
         if self.is_immune(session):
             return DECLINED
         key = ip_key(session.connection.remote_ip)
-        record = self.read_record(session.connection.remote_ip)
+        if record is not None:
+            record = record or NO_RECORD
+        else:
+            record = self.read_record(session.connection.remote_ip)
         if record is None:
             return DECLINED
         if record is NO_RECORD:

@@ -19,7 +19,7 @@ from qpsmtpd.plugin import PluginError
 from qpsmtpd.store import ip_key, open_store
 from store_fixtures import (  # noqa: F401
     fake_clock, redis_server, store_url, write_evidence_plugin)
-from forkserver_fixtures import Daemon
+from forkserver_fixtures import Daemon, wait_for
 
 IP = "198.51.100.7"
 KEY = ip_key(IP)
@@ -202,10 +202,12 @@ def test_pre_connection_sets_the_history_for_hosts_allow(make_app, url):
     karma = app.dispatcher.plugins[0]
     session = PreConnection(IP)
     karma.hook_pre_connection(session, {"remote_ip": IP})
-    assert session.connection.notes == {"karma_history": 12}
+    # the record travels to connect with the connection (no second read)
+    assert session.connection.notes == {"karma_history": 12,
+                                        "karma_record": (0, 1, 13, 20)}
     unknown = PreConnection("192.0.2.99")
     karma.hook_pre_connection(unknown, {"remote_ip": "192.0.2.99"})
-    assert unknown.connection.notes == {"karma_history": 0}
+    assert unknown.connection.notes == {"karma_history": 0, "karma_record": ()}
 
 
 def test_good_history_at_connect(site, url):
@@ -515,3 +517,19 @@ def test_karma_tool_does_not_create_a_store_to_list_it(tmp_path):
     status, out = tool("--store", f"sqlite:{path}", "list")
     assert status == 0 and "no data yet" in out
     assert not path.exists()
+
+
+def test_the_forkserver_boxes_with_the_record_read_in_the_parent(tmp_path, store_url):
+    """pre-connection (the parent) reads the record once; the worker's
+    connect hook decides from it."""
+    open_store(store_url, "karma").set(ip_key("127.0.0.1"), f"{int(time.time())}:2:1:5")
+    daemon = Daemon(tmp_path / "mx", plugins=("karma reject 1", "rcpt_ok"),
+                    config={"store": store_url}, args=("--no-rdns",))
+    try:
+        client = daemon.connect(greeting=False)
+        assert client.raw_line() == \
+            b"550 You were naughty. You cannot connect for 1.00 more days.\r\n"
+        client.close()
+        assert wait_for(lambda: record(store_url, "127.0.0.1")[3] == 6)
+    finally:
+        daemon.stop()
