@@ -33,6 +33,13 @@ Caching
     the key so that fixing the permissions of an unreadable file is noticed
     without touching its contents.)
 
+    ``recheck`` (seconds, default 0) spaces those ``stat()`` calls out: a
+    name checked less than ``recheck`` seconds ago is answered from the
+    cache. The forkserver sets it to one second in its workers (a session
+    looks up some forty names, each of them again in the next session), so
+    an edit takes effect there within a second; everywhere else at the
+    next lookup.
+
     ``preload()`` fills the cache at once: every file of the search path
     (up to ``PRELOAD_SIZE_LIMIT`` bytes; ``.cdb`` maps excluded) and the
     core files of the table below, absent ones remembered as absent, and
@@ -93,6 +100,7 @@ import os
 import re
 import socket
 import stat
+import time
 from collections.abc import Callable
 
 from .constants import LOGDEBUG, LOGERROR, LOGWARN
@@ -207,6 +215,8 @@ class Config:
         self._maps: dict[str, tuple[object, dict[str, str]]] = {}
         self._spool_dir: str | None = None
         self._hostname: str | None = None
+        self.recheck = 0.0
+        self._checked: dict[str, float] = {}     # name -> when its files were stat()ed
 
     # -- lookup ----------------------------------------------------------------
 
@@ -329,6 +339,7 @@ class Config:
         self._paths.clear()
         self._files.clear()
         self._lists.clear()
+        self._checked.clear()
         self._maps.clear()
         self._spool_dir = None
         self._hostname = None
@@ -467,6 +478,12 @@ class Config:
         cached = self._lists.get(name)
         if cached is not None:
             dependencies, lines = cached
+            recheck = self.recheck
+            if recheck:
+                now = time.monotonic()
+                if now - self._checked.get(name, -recheck) < recheck:
+                    return lines
+                self._checked[name] = now
             for path, key in dependencies:
                 if _stat_key(path) != key:
                     break
@@ -482,6 +499,8 @@ class Config:
             lines = ()
         # Store before logging: the log callable may look up config itself.
         self._lists[name] = (tuple(dependencies), lines)
+        if self.recheck:
+            self._checked[name] = time.monotonic()
         if cycle:
             self._log(LOGERROR, f"Circular $include reference in config {name}:")
             self._log(LOGERROR, f"From {cycle[0]}:")

@@ -25,8 +25,10 @@ and nothing else:
 * The application (configuration and plugins) is built once, what
   sessions would load at first use is loaded (``Config.preload``,
   ``app.warm_imports``), then ``gc.freeze()`` moves it out of the
-  collector's reach, so the pages stay
-  shared with the children. SIGHUP builds a new one (a broken configuration
+  collector's reach, so the pages stay shared with the children. A changed
+  configuration file is noticed within ``CONFIG_RECHECK`` seconds (each
+  file is stat()ed at most once a second per process, ``Config.recheck``).
+  SIGHUP builds a new one (a broken configuration
   keeps the running one, with a log line); sessions already running keep
   theirs.
 
@@ -93,6 +95,7 @@ DEFAULT_GRACE_PERIOD = 30.0
 DEFAULT_MAX_REQUESTS = 100   # sessions per worker
 DEFAULT_IDLE_CHILDREN = 2    # spare workers kept forked ahead
 IDLE_RETIRE = 60.0           # seconds an idle worker above the spares lives on
+CONFIG_RECHECK = 1.0         # seconds between two stat()s of one config file
 ACCEPT_BATCH = 64            # accepts per wake-up before signals are looked at
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 2.0
 KILL_WAIT = 5.0              # after SIGKILL, give up waiting for a child
@@ -159,6 +162,7 @@ class Server:
         if self._wakeup is None:
             self.install_signals()
         self.app.config.preload()
+        self.app.config.recheck = CONFIG_RECHECK
         warm_imports()
         freeze_heap()
         if self.notify:
@@ -588,6 +592,7 @@ class Server:
         else:
             self.app = app
             app.config.preload()
+            app.config.recheck = CONFIG_RECHECK
             warm_imports()
             freeze_heap()
             self.generation += 1

@@ -728,3 +728,27 @@ def test_spool_dir_that_cannot_be_created(cfg, dirs, tmp_path, log):
     with pytest.raises(OSError, match="Could not create spool_dir"):
         cfg.spool_dir()
     assert len(log.at(3)) == 1
+
+
+# -- recheck: stat() at most once per interval (the forkserver's workers) ----------------------
+
+def test_recheck_spaces_out_the_stat_calls(cfg, dirs, monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(config_module.time, "monotonic", lambda: clock[0])
+    first, _ = dirs
+    write(first / "me", "one.example\n", mtime=1_000_000_000)
+    cfg.recheck = 1.0
+    assert cfg.get("me") == "one.example"
+    write(first / "me", "two.example\n", mtime=2_000_000_000)
+    clock[0] += 0.5
+    assert cfg.get("me") == "one.example"       # checked half a second ago
+    clock[0] += 0.6
+    assert cfg.get("me") == "two.example"       # a second later: seen
+
+
+def test_without_recheck_an_edit_shows_at_the_next_lookup(cfg, dirs):
+    first, _ = dirs
+    write(first / "me", "one.example\n", mtime=1_000_000_000)
+    assert cfg.get("me") == "one.example"
+    write(first / "me", "two.example\n", mtime=2_000_000_000)
+    assert cfg.get("me") == "two.example"

@@ -188,3 +188,16 @@ def test_sigterm_ends_idle_workers_at_once(daemon):
     assert time.monotonic() - started < 3
     log = d.log().split("SIGTERM received")[1]
     assert "killed" not in log and "exited with status" not in log
+
+
+def test_a_reused_worker_sees_an_edited_config_file_within_a_second(daemon):
+    d = daemon(args=("--idle-children", "0"))
+    assert one_session(d) == 250
+    d.wait_log("cleaning up after")
+    with open(os.path.join(d.config_dir, "me"), "w") as handle:
+        handle.write("edited.example.org\n")
+    time.sleep(1.2)
+    client = d.connect()
+    assert client.greeting[1][0].startswith("edited.example.org ESMTP")
+    client.close()
+    assert len({pid for pid, _ in accepted_by(d)}) == 1     # the same worker
