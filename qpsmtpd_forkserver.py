@@ -556,6 +556,7 @@ def start(options, inherited_fds=frozenset()):
         keep = (open_fds() - set(inherited_fds)) | {sock.fileno() for sock in server.listeners}
         readiness = detach(keep)
     server.install_signals()
+    server.prepare()
     try:
         if pid_file:
             pid_file.write(os.getpid())

@@ -146,6 +146,7 @@ class Server:
         self._killed_at = None
         self._killed = set()        # pids we ended on purpose
         self._paused_until = 0.0
+        self._prepared = False
         self._backoff = 0.0
 
     def log(self, level, message):
@@ -157,14 +158,21 @@ class Server:
 
     # -- the loop ----------------------------------------------------------------
 
-    def serve(self):
-        """Accept and fork until stopped; returns the exit status."""
-        if self._wakeup is None:
-            self.install_signals()
+    def prepare(self):
+        """Load what sessions would load at first use, then freeze the heap
+        (before the pid file says we serve: nothing may fail after it)."""
         self.app.config.preload()
         self.app.config.recheck = CONFIG_RECHECK
         warm_imports()
         freeze_heap()
+        self._prepared = True
+
+    def serve(self):
+        """Accept and fork until stopped; returns the exit status."""
+        if self._wakeup is None:
+            self.install_signals()
+        if not self._prepared:
+            self.prepare()
         if self.notify:
             self.notify.send(f"READY=1\nMAINPID={os.getpid()}")
         while True:
