@@ -81,9 +81,26 @@ class Log:
         return level <= self.level
 
 
+_pid = os.getpid()
+
+
+def _forked():
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def current_pid():
+    """``os.getpid()`` without a system call per log line (kept right
+    across ``os.fork``)."""
+    return _pid
+
+
 def format_line(message, hook=None, plugin=None, pid=None):
     """One log line in qpsmtpd's format, without the newline."""
-    pid = os.getpid() if pid is None else pid
+    pid = _pid if pid is None else pid
     if plugin:
         if hook:
             return f"{pid} ({hook}) {plugin}: {message}"

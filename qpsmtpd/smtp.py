@@ -153,6 +153,7 @@ class SMTP:
         self.max_path_length = number("max_path_length", MAX_PATH_LENGTH)
         self.hook_timeout = number("hook_timeout", DEFAULT_HOOK_TIMEOUT)
         self.max_header_size = number("max_header_size", DEFAULT_MAX_HEADER_SIZE)
+        self.command_timeout = config.command_timeout()
 
     # -- helpers for plugins --------------------------------------------------
 
@@ -231,13 +232,12 @@ class SMTP:
                 "send us your mail, but not your spam.")
 
     def command_loop(self):
-        config = self.app.config
         io = self.io
         limit = self.max_line_length
         while not self.disconnected:
             if self.max_errors and self.errors >= self.max_errors:
                 return self.too_many_errors()
-            timeout = config.command_timeout()
+            timeout = self.command_timeout
             if self.session_deadline is not None:
                 remaining = self.session_deadline - time.monotonic()
                 if remaining <= 0:

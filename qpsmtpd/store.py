@@ -71,6 +71,8 @@ import threading
 import time
 from urllib.parse import urlsplit
 
+from .log import current_pid
+
 FAKE_CLOCK_ENV = "QPSMTPD_FAKE_CLOCK_FILE"
 DEFAULT_DIR = os.path.join("var", "db")
 DEFAULT_FILE = "qpsmtpd.sqlite"
@@ -253,7 +255,7 @@ class SQLiteBackend:
         self._lock = threading.RLock()
 
     def _db(self):
-        if self._connection is not None and self._pid == os.getpid():
+        if self._connection is not None and self._pid == current_pid():
             if self._file == _file_id(self.path):
                 return self._connection
             # The file was removed or replaced: write to the one there now.
@@ -276,7 +278,7 @@ class SQLiteBackend:
             if db is not None:
                 _close(db)
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
-        self._connection, self._pid = db, os.getpid()
+        self._connection, self._pid = db, current_pid()
         self._file = _file_id(self.path)
         return db
 
@@ -309,7 +311,7 @@ class SQLiteBackend:
 
     def _before_fork(self):
         self._lock.acquire()
-        if self._connection is not None and self._pid == os.getpid():
+        if self._connection is not None and self._pid == current_pid():
             self._discard()
 
     def _after_fork_in_parent(self):
@@ -465,12 +467,12 @@ class RedisBackend:
     def _redis(self):
         if time.monotonic() < self._down_until:
             raise StoreError(f"{describe(self.url)}: unreachable, not retried yet")
-        if self._client is None or self._pid != os.getpid():
+        if self._client is None or self._pid != current_pid():
             import redis
             self._client = redis.Redis.from_url(
                 self.url, socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
                 socket_timeout=REDIS_COMMAND_TIMEOUT, decode_responses=True)
-            self._pid = os.getpid()
+            self._pid = current_pid()
         return self._client
 
     def _call(self, work):

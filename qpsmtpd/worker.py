@@ -86,6 +86,7 @@ class Worker:
         self.connection = handoff.connection if handoff else None
         self.io = None
         self.stage = "spare"
+        self._title = None
         self.waiting = False            # for a command, or for a client
         self.stop_requested = False
         self.served = 0
@@ -192,11 +193,14 @@ class Worker:
             return
         connection = self.connection
         if connection is None:
-            setproctitle("qpsmtpd: spare")
-            return
-        host = _TITLE_HOST.sub("", connection.remote_host or "")
-        shown = stage.upper() if stage not in ("connect", "idle", "end") else stage
-        setproctitle(f"qpsmtpd: {connection.remote_ip} ({host}) {shown}")
+            title = "qpsmtpd: spare"
+        else:
+            host = _TITLE_HOST.sub("", connection.remote_host or "")
+            shown = stage.upper() if stage not in ("connect", "idle", "end") else stage
+            title = f"qpsmtpd: {connection.remote_ip} ({host}) {shown}"
+        if title != self._title:
+            self._title = title
+            setproctitle(title)
 
     def _on_term(self, signum, frame):
         if self.stop_requested:
