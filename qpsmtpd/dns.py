@@ -77,6 +77,7 @@ server costs each name at most one timeout per connection. At most
 ``CACHE_LIMIT`` answers are kept; later ones are simply not cached.
 """
 
+import importlib
 import ipaddress
 import os
 import select
@@ -84,14 +85,22 @@ import socket
 import struct
 import time
 
-import dns.exception
-import dns.flags
-import dns.message
-import dns.name
-import dns.rcode
-import dns.rdatatype
-
 from .constants import LOGERROR, LOGWARN
+
+
+class _Dnspython:
+    """dnspython's modules, each imported at its first use: ``dns.message``
+    and friends cost tens of milliseconds to import, and a session only
+    needs them to read answers, so the per-connection program's greeting
+    does not wait for them (a forking daemon imports them in ``warm_up``)."""
+
+    def __getattr__(self, name):
+        module = importlib.import_module("dns." + name)
+        setattr(self, name, module)
+        return module
+
+
+dns = _Dnspython()
 
 NOERROR = "NOERROR"
 NODATA = "NODATA"
@@ -557,8 +566,14 @@ def warm_up():
         return
     _warmed = True
     try:
+        import dns.exception
+        import dns.flags
+        import dns.message
+        import dns.name
+        import dns.rcode
         import dns.rdata
         import dns.rdataclass
+        import dns.rdatatype
         import dns.rrset
         for rdtype in list(_WARM_RECORDS) + ["SOA", "OPT"]:
             dns.rdata.get_rdata_class(dns.rdataclass.IN, dns.rdatatype.from_text(rdtype))

@@ -379,6 +379,21 @@ def test_importing_the_module_starts_no_event_loop_machinery():
     assert output.strip() == "[]"
 
 
+def test_dnspython_is_imported_only_to_read_answers(dns):
+    """A batch started at connect sends without dnspython (the greeting of
+    the per-connection program does not wait for its import); reading the
+    answers imports it."""
+    dns.add("example.com", "A", "192.0.2.1")
+    code = ("import sys; from qpsmtpd.dns import Resolver; "
+            f"r = Resolver([('127.0.0.1', {dns.port})], 2); "
+            "p = r.start([('example.com', 'A'), ('1.2.0.192.bl.example', 'TXT')]); "
+            "print('dns.message' in sys.modules, 'dns.name' in sys.modules); "
+            "print(list(p.wait()[0]), 'dns.message' in sys.modules)")
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True).stdout
+    assert output.split("\n")[:2] == ["False False", "['192.0.2.1'] True"]
+
+
 # -- the per-connection cache --------------------------------------------------
 
 def test_cache_answers_repeated_questions(dns, resolver):
