@@ -25,9 +25,12 @@ DEB_BINS := /usr/bin/tcpserver /usr/bin/multilog /usr/games/fortune \
 
 .PHONY: run test debs clean hooks tls-cert fuzz bench bench-profile
 
+# editable_mode=compat: the tree as a plain sys.path entry, without the
+# import finder that a default editable install runs at every Python start
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]' \
+		--config-settings editable_mode=compat
 	touch $(STAMP)
 
 run: $(STAMP)
