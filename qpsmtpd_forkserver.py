@@ -26,7 +26,7 @@ Usage: qpsmtpd-forkserver [options]
       --grace-period SECONDS how long a stop waits for running sessions
                              (default 30)
       --max-requests N       sessions a worker serves, one after another,
-                             before it exits (default 100; 1: a fresh
+                             before it exits (default 1000; 1: a fresh
                              process for every connection)
       --idle-children N      spare workers kept forked ahead (default 2;
                              0: fork when a client arrives)

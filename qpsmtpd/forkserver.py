@@ -58,7 +58,7 @@ once. Workers ignore SIGINT and SIGHUP, so a Ctrl-C on the terminal or a
 HUP to the process group goes through the parent.
 
 Workers (``qpsmtpd.worker``): a worker serves one session at a time and up
-to ``--max-requests`` sessions (default 100) one after another, like
+to ``--max-requests`` sessions (default 1000) one after another, like
 Postfix's smtpd (``max_use``) or qpsmtpd-prefork; ``--max-requests 1`` is
 qpsmtpd-forkserver's fresh process per connection. The parent keeps
 ``--idle-children`` spares (default 2) forked ahead, so a client meets a
@@ -92,7 +92,7 @@ TOO_MANY_CONNECTIONS = "421 Too many concurrent connections, try again later"
 TOO_MANY_FROM_IP = "421 too many connections from {ip}, try again later"
 SERVICE_UNAVAILABLE = "421 Service temporarily unavailable, try again later"
 DEFAULT_GRACE_PERIOD = 30.0
-DEFAULT_MAX_REQUESTS = 100   # sessions per worker
+DEFAULT_MAX_REQUESTS = 1000  # sessions per worker
 DEFAULT_IDLE_CHILDREN = 2    # spare workers kept forked ahead
 IDLE_RETIRE = 60.0           # seconds an idle worker above the spares lives on
 CONFIG_RECHECK = 1.0         # seconds between two stat()s of one config file
