@@ -301,7 +301,8 @@ def start_dns_server():
 
 def tree_description():
     """Which checkout ran: its path, commit and whether files were changed."""
-    described = {"path": ROOT}
+    own = os.path.dirname(BENCH_DIR)
+    described = {"path": "." if os.path.samefile(ROOT, own) else ROOT}
     try:
         commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
                                 capture_output=True, text=True, timeout=10)
@@ -327,6 +328,10 @@ def note(report, text):
 
 def write_report(report, path, started):
     report["duration_seconds"] = round(time.time() - started, 1)
+    python = report["machine"].get("python_executable", "")
+    root = os.path.dirname(BENCH_DIR) + os.sep
+    if python.startswith(root):        # the tree's own virtualenv
+        report["machine"]["python_executable"] = python[len(root):]
     report["targets"] = evaluate_targets(report)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
