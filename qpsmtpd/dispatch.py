@@ -133,6 +133,12 @@ class HookWatchdog:
     def disarm(self):
         self.armed.pop(threading.get_ident(), None)
 
+    def start(self):
+        """Start the watchdog thread now rather than at the first ``arm``
+        (a forkserver spare does, before it takes its first client)."""
+        if not self._running:
+            self._start()
+
     def _start(self):
         with self._lock:
             if self._running:

@@ -77,6 +77,7 @@ import os
 import select
 import signal
 import socket
+import sys
 import time
 import traceback
 
@@ -161,9 +162,7 @@ class Server:
     def prepare(self):
         """Load what sessions would load at first use, then freeze the heap
         (before the pid file says we serve: nothing may fail after it)."""
-        self.app.config.preload()
-        self.app.config.recheck = CONFIG_RECHECK
-        warm_imports()
+        prepare_app(self.app)
         freeze_heap()
         self._prepared = True
 
@@ -599,9 +598,7 @@ class Server:
                 self.log(LOGERROR, line)
         else:
             self.app = app
-            app.config.preload()
-            app.config.recheck = CONFIG_RECHECK
-            warm_imports()
+            prepare_app(app)
             freeze_heap()
             self.generation += 1
             for slot in list(self.idle):    # the new spares come with the next turn
@@ -683,6 +680,16 @@ class SystemdNotify:
 
     def close(self):
         self.sock.close()
+
+
+def prepare_app(app):
+    """What sessions would build at first use, built once in the parent:
+    the configuration cache, deferred imports, the DNS resolver."""
+    app.config.preload()
+    app.config.recheck = CONFIG_RECHECK
+    warm_imports()
+    if "qpsmtpd.dns" in sys.modules:    # a DNS plugin is loaded
+        app.resolver  # noqa: B018  (built from config/dns_servers now)
 
 
 def freeze_heap():

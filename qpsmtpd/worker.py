@@ -40,6 +40,7 @@ import socket
 import traceback
 
 from .constants import LOGCRIT, LOGINFO
+from .dispatch import WATCHDOG
 from .lineio import LineIO
 from .smtp import SMTP
 
@@ -127,6 +128,8 @@ class Worker:
         self.server.close_in_child()
         signal.pthread_sigmask(signal.SIG_SETMASK, self.signal_mask)
         self.channel.setblocking(True)
+        if self.client is None:     # a spare: get ready before the first client
+            WATCHDOG.start()
 
     # -- between sessions -------------------------------------------------------
 

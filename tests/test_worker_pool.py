@@ -201,3 +201,11 @@ def test_a_reused_worker_sees_an_edited_config_file_within_a_second(daemon):
     assert client.greeting[1][0].startswith("edited.example.org ESMTP")
     client.close()
     assert len({pid for pid, _ in accepted_by(d)}) == 1     # the same worker
+
+
+def test_a_spare_is_ready_before_its_first_client(daemon):
+    """The hook watchdog's thread is started by the spare itself, not on
+    the path of its first client's greeting."""
+    d = daemon(args=("--idle-children", "1"))
+    [spare] = wait_spares(d, 1)
+    assert wait_for(lambda: len(os.listdir(f"/proc/{spare}/task")) == 2)
