@@ -152,6 +152,23 @@ def write_config(config_dir, files):
 
 
 @pytest.fixture
+def daemon(tmp_path):
+    """A factory of real qpsmtpd-forkservers (``forkserver_fixtures.Daemon``)
+    in ``tmp_path``, all stopped at the end of the test."""
+    from forkserver_fixtures import Daemon
+    started = []
+
+    def factory(**kwargs):
+        instance = Daemon(tmp_path / f"d{len(started)}", **kwargs)
+        started.append(instance)
+        return instance
+
+    yield factory
+    for instance in started:
+        instance.stop()
+
+
+@pytest.fixture
 def make_app(tmp_path):
     """Factory: App(plugins, config) with its own config dir and spool."""
 

@@ -30,20 +30,6 @@ ME = "mx.example.org"
 SHUTDOWN_421 = "4.3.2 mx.example.org Service shutting down, closing transmission channel"
 
 
-@pytest.fixture
-def daemon(tmp_path):
-    started = []
-
-    def factory(**kwargs):
-        d = Daemon(tmp_path / f"d{len(started)}", **kwargs)
-        started.append(d)
-        return d
-
-    yield factory
-    for d in started:
-        d.stop()
-
-
 def run_script(*args, timeout=30, **kwargs):
     return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True,
                           timeout=timeout, env=env(), **kwargs)

@@ -7,25 +7,9 @@ import re
 import signal
 import time
 
-import pytest
-
-from forkserver_fixtures import Daemon, children_of, title_of, wait_for
+from forkserver_fixtures import children_of, title_of, wait_for
 
 OUTSIDE = "someone@elsewhere.example"
-
-
-@pytest.fixture
-def daemon(tmp_path):
-    started = []
-
-    def factory(**kwargs):
-        d = Daemon(tmp_path / f"d{len(started)}", **kwargs)
-        started.append(d)
-        return d
-
-    yield factory
-    for d in started:
-        d.stop()
 
 
 def accepted_by(d):
