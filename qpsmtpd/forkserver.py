@@ -87,7 +87,8 @@ from .constants import (
     DENY, DENY_DISCONNECT, DENYSOFT, DENYSOFT_DISCONNECT, LOGCRIT, LOGDEBUG,
     LOGERROR, LOGINFO, LOGWARN)
 from .transaction import Transaction
-from .worker import EXIT_SESSION_FAILED, EXIT_SETUP_FAILED, READY, Handoff, Worker
+from .worker import (
+    EXIT_SESSION_FAILED, EXIT_SETUP_FAILED, HANDOFF_SIZE, READY, Handoff, Worker)
 
 TOO_MANY_CONNECTIONS = "421 Too many concurrent connections, try again later"
 TOO_MANY_FROM_IP = "421 too many connections from {ip}, try again later"
@@ -324,6 +325,10 @@ class Server:
             packet = handoff.pack()
         except Exception as exc:    # a pre-connection plugin noted something odd
             self.log(LOGWARN, f"cannot hand the connection over ({exc!r}); forking")
+            packet = None
+        if packet is not None and len(packet) > HANDOFF_SIZE:
+            self.log(LOGWARN, f"connection notes too big to hand over ({len(packet)} "
+                              "bytes); forking")
             packet = None
         while packet is not None and self.idle:
             slot = self.idle.pop()

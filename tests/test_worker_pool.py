@@ -193,3 +193,21 @@ def test_a_spare_is_ready_before_its_first_client(daemon):
     d = daemon(args=("--idle-children", "1"))
     [spare] = wait_spares(d, 1)
     assert wait_for(lambda: len(os.listdir(f"/proc/{spare}/task")) == 2)
+
+
+def test_connection_notes_too_big_to_hand_over_fall_back_to_a_fork(daemon, tmp_path):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "big_note.py").write_text(
+        '"""big_note - test plugin: a note bigger than a hand-over packet."""\n'
+        "from qpsmtpd.plugin import Plugin\n"
+        "class BigNote(Plugin):\n"
+        "    def hook_pre_connection(self, session, info):\n"
+        "        session.connection.notes['big'] = 'x' * 100000\n")
+    d = daemon(plugins=("big_note", "relay", "rcpt_ok"), plugin_dirs=[plugins],
+               args=("--idle-children", "1"))
+    [spare] = wait_spares(d, 1)
+    assert one_session(d) == 250
+    [(pid, _)] = accepted_by(d)
+    assert pid != spare
+    assert "connection notes too big to hand over" in d.log()
