@@ -7,6 +7,8 @@ import re
 import signal
 import time
 
+import pytest
+
 from forkserver_fixtures import children_of, title_of, wait_for
 
 OUTSIDE = "someone@elsewhere.example"
@@ -122,24 +124,6 @@ def test_a_spare_killed_while_idle_is_replaced(daemon):
     assert pid != spare
 
 
-def test_connection_notes_that_cannot_travel_fall_back_to_a_fork(daemon, tmp_path):
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "odd_note.py").write_text(
-        '"""odd_note - test plugin: a note no other process can take."""\n'
-        "from qpsmtpd.plugin import Plugin\n"
-        "class OddNote(Plugin):\n"
-        "    def hook_pre_connection(self, session, info):\n"
-        "        session.connection.notes['callback'] = lambda: None\n")
-    d = daemon(plugins=("odd_note", "relay", "rcpt_ok"), plugin_dirs=[plugins],
-               args=("--idle-children", "1"))
-    [spare] = wait_spares(d, 1)
-    assert one_session(d) == 250
-    [(pid, _)] = accepted_by(d)
-    assert pid != spare
-    assert "cannot hand the connection over" in d.log()
-
-
 def test_sighup_replaces_the_idle_workers(daemon):
     d = daemon(args=("--idle-children", "2"))
     wait_spares(d, 2)
@@ -195,19 +179,25 @@ def test_a_spare_is_ready_before_its_first_client(daemon):
     assert wait_for(lambda: len(os.listdir(f"/proc/{spare}/task")) == 2)
 
 
-def test_connection_notes_too_big_to_hand_over_fall_back_to_a_fork(daemon, tmp_path):
+
+@pytest.mark.parametrize("note, logged", [
+    ("lambda: None", "cannot hand the connection over"),        # cannot be pickled
+    ("'x' * 100000", "connection notes too big to hand over"),  # more than a packet
+])
+def test_connection_notes_that_cannot_travel_fall_back_to_a_fork(daemon, tmp_path,
+                                                                 note, logged):
     plugins = tmp_path / "plugins"
     plugins.mkdir()
-    (plugins / "big_note.py").write_text(
-        '"""big_note - test plugin: a note bigger than a hand-over packet."""\n'
+    (plugins / "odd_note.py").write_text(
+        '"""odd_note - test plugin: a note no other process can take."""\n'
         "from qpsmtpd.plugin import Plugin\n"
-        "class BigNote(Plugin):\n"
+        "class OddNote(Plugin):\n"
         "    def hook_pre_connection(self, session, info):\n"
-        "        session.connection.notes['big'] = 'x' * 100000\n")
-    d = daemon(plugins=("big_note", "relay", "rcpt_ok"), plugin_dirs=[plugins],
+        f"        session.connection.notes['odd'] = {note}\n")
+    d = daemon(plugins=("odd_note", "relay", "rcpt_ok"), plugin_dirs=[plugins],
                args=("--idle-children", "1"))
     [spare] = wait_spares(d, 1)
     assert one_session(d) == 250
     [(pid, _)] = accepted_by(d)
     assert pid != spare
-    assert "connection notes too big to hand over" in d.log()
+    assert logged in d.log()
