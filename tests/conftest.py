@@ -246,6 +246,25 @@ def queue_dir(tmp_path):
     return tmp_path / "queue"
 
 
+@pytest.fixture
+def mta(plugin_session, queue_dir, tmp_path):
+    """A session that accepts every recipient; ``queue`` is the last plugin
+    (the capture plugin by default)."""
+    def factory(*plugins, queue=None, read_greeting=True, **config):
+        files = {name: str(value) for name, value in config.items()}
+        queue = queue or f"capture {queue_dir}"
+        client = plugin_session([*plugins, "returns rcpt OK", queue], files,
+                                read_greeting=read_greeting)
+        client.spool = files.get("spool_dir", str(tmp_path / "spool"))
+        return client
+    return factory
+
+
+def spool_files(client):
+    """What is left in the spool directory of an ``mta`` session."""
+    return os.listdir(client.spool) if os.path.isdir(client.spool) else []
+
+
 def captured_messages(queue_dir):
     """Contents (bytes) of every message ``capture`` queued, in file-name order."""
     if not os.path.isdir(queue_dir):

@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from conftest import Client, captured_messages, strip_trace
+from conftest import Client, captured_messages, spool_files, strip_trace
 from hardening_fixtures import build_app, queued_files, queued_number
 from qpsmtpd.connection import Connection
 from qpsmtpd.lineio import LineIO
@@ -106,17 +106,8 @@ def stuffed(body_lines):
 
 
 @pytest.fixture
-def session(plugin_session, queue_dir, tmp_path):
-    def factory(**config):
-        files = {name: str(value) for name, value in config.items()}
-        client = plugin_session(["returns rcpt OK", f"capture {queue_dir}"], files)
-        client.spool = tmp_path / "spool"
-        return client
-    return factory
-
-
-def spool_files(client):
-    return os.listdir(client.spool) if os.path.isdir(client.spool) else []
+def session(mta):
+    return mta
 
 
 def queued(queue_dir):

@@ -39,20 +39,6 @@ def tmpfs(tmp_path):
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
-@pytest.fixture
-def mta(plugin_session, queue_dir, tmp_path):
-    """A session that accepts every recipient; ``queue`` is the last plugin
-    (the capture plugin by default)."""
-    def factory(*plugins, queue=None, read_greeting=True, **config):
-        files = {name: str(value) for name, value in config.items()}
-        queue = queue or f"capture {queue_dir}"
-        client = plugin_session([*plugins, "returns rcpt OK", queue], files,
-                                read_greeting=read_greeting)
-        client.spool = files.get("spool_dir", str(tmp_path / "spool"))
-        return client
-    return factory
-
-
 def files_in(directory):
     return sorted(os.listdir(directory)) if os.path.isdir(directory) else []
 

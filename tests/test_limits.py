@@ -3,30 +3,14 @@ config file, each answered with a clear reply, none losing a message the
 server acknowledged. Sessions run over a real socketpair against the real
 engine; the per-IP limit of the daemon is in test_forkserver.py."""
 
-import os
 import select
 import time
 
 import pytest
 
-from conftest import captured_messages
+from conftest import captured_messages, spool_files
 
 MESSAGE = "Subject: limits\r\n\r\nbody\r\n.\r\n"
-
-
-@pytest.fixture
-def mta(plugin_session, queue_dir, tmp_path):
-    """A session that accepts every recipient and captures what it queues."""
-    def factory(**config):
-        files = {name: str(value) for name, value in config.items()}
-        client = plugin_session(["returns rcpt OK", f"capture {queue_dir}"], files)
-        client.spool = tmp_path / "spool"
-        return client
-    return factory
-
-
-def spool_files(client):
-    return os.listdir(client.spool) if os.path.isdir(client.spool) else []
 
 
 def open_transaction(client, helo="EHLO client.example.net"):
